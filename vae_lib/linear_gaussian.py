@@ -1,0 +1,118 @@
+"""A latent-variable model where everything is exact: the linear-Gaussian model.
+
+    p(z) = N(0, I_K),   p(x|z) = N(W z + b, s2 I_D)
+
+Then p(x) = N(b, W W^T + s2 I) and the posterior p(z|x) = N(m*, S*) with
+S* = (I + W^T W / s2)^-1 and m* = S* W^T (x - b) / s2. For a Gaussian q(z) = N(m, S)
+the ELBO is closed-form too, so log p(x) - ELBO = KL(q || p(z|x)) can be checked to
+floating-point precision (notebook 02 and tests/test_objectives.py).
+
+Covariances here are full matrices (K x K): the model is small, the point is exactness.
+Functions take one x of shape (D,).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from vae_lib.objectives import LOG_2PI
+
+
+class LinearGaussian(NamedTuple):
+    W: jax.Array        # (D, K)
+    b: jax.Array        # (D,)
+    s2: float           # observation noise variance
+
+
+def random_model(key, dim_x: int = 5, dim_z: int = 2, s2: float = 0.5) -> LinearGaussian:
+    """A random instance (weights ~ N(0, 1), bias ~ N(0, 1))."""
+    kw, kb = jax.random.split(key)
+    return LinearGaussian(jax.random.normal(kw, (dim_x, dim_z)), jax.random.normal(kb, (dim_x,)), s2)
+
+
+def sample_x(model: LinearGaussian, key, num: int):
+    """Draw `num` data points from the model: (num, D)."""
+    kz, kx = jax.random.split(key)
+    z = jax.random.normal(kz, (num, model.W.shape[1]))
+    return z @ model.W.T + model.b + jnp.sqrt(model.s2) * jax.random.normal(kx, (num, model.W.shape[0]))
+
+
+def mvn_log_density(x, mean, cov):
+    """log N(x; mean, cov) for a full covariance matrix."""
+    d = x.shape[-1]
+    chol = jnp.linalg.cholesky(cov)
+    sol = jax.scipy.linalg.solve_triangular(chol, x - mean, lower=True)
+    return -0.5 * (d * LOG_2PI + 2 * jnp.sum(jnp.log(jnp.diag(chol))) + sol @ sol)
+
+
+def log_marginal(model: LinearGaussian, x):
+    """Exact log p(x) = log N(x; b, W W^T + s2 I)."""
+    d = model.W.shape[0]
+    return mvn_log_density(x, model.b, model.W @ model.W.T + model.s2 * jnp.eye(d))
+
+
+def posterior(model: LinearGaussian, x):
+    """Exact posterior p(z|x) = N(m*, S*): returns (m*, S*)."""
+    k = model.W.shape[1]
+    cov = jnp.linalg.inv(jnp.eye(k) + model.W.T @ model.W / model.s2)
+    return cov @ model.W.T @ (x - model.b) / model.s2, cov
+
+
+def log_joint(model: LinearGaussian, x, z):
+    """log p(x, z) = log p(x|z) + log p(z) for one z (K,) or a batch (..., K)."""
+    resid = x - (z @ model.W.T + model.b)
+    d, k = model.W.shape
+    log_lik = -0.5 * (d * (LOG_2PI + jnp.log(model.s2)) + jnp.sum(resid ** 2, -1) / model.s2)
+    return log_lik - 0.5 * (k * LOG_2PI + jnp.sum(z ** 2, -1))
+
+
+def log_joint_without_prior(model: LinearGaussian, x, z):
+    """log p(x|z) alone: what the note's eqs. 3, 4 and 22 put where log p(x, z) belongs."""
+    k = model.W.shape[1]
+    return log_joint(model, x, z) + 0.5 * (k * LOG_2PI + jnp.sum(z ** 2, -1))
+
+
+def gaussian_entropy(cov):
+    """Entropy of N(m, cov): H = 1/2 log det(2 pi e cov)."""
+    k = cov.shape[-1]
+    return 0.5 * (k * (LOG_2PI + 1.0) + jnp.linalg.slogdet(cov)[1])
+
+
+def elbo(model: LinearGaussian, x, m, S):
+    """Exact ELBO E_q[log p(x, z)] + H[q] for q = N(m, S)  (corrected eq. 4).
+
+    E_q[log p(x|z)] = log N(x; W m + b, s2 I) - tr(W^T W S) / (2 s2), and
+    E_q[log p(z)] = -1/2 (K log 2 pi + m^T m + tr S).
+    """
+    d, k = model.W.shape
+    resid = x - (model.W @ m + model.b)
+    e_lik = (-0.5 * (d * (LOG_2PI + jnp.log(model.s2)) + resid @ resid / model.s2)
+             - 0.5 * jnp.trace(model.W.T @ model.W @ S) / model.s2)
+    e_prior = -0.5 * (k * LOG_2PI + m @ m + jnp.trace(S))
+    return e_lik + e_prior + gaussian_entropy(S)
+
+
+def elbo_without_prior(model: LinearGaussian, x, m, S):
+    """E_q[log p(x|z)] + H[q]: the note's eq. 4 as written (log p(z) dropped). Not a bound."""
+    k = model.W.shape[1]
+    return elbo(model, x, m, S) + 0.5 * (k * LOG_2PI + m @ m + jnp.trace(S))
+
+
+def kl_gaussians(m0, S0, m1, S1):
+    """KL(N(m0, S0) || N(m1, S1)) for full covariances."""
+    k = m0.shape[-1]
+    S1_inv = jnp.linalg.inv(S1)
+    diff = m1 - m0
+    return 0.5 * (jnp.trace(S1_inv @ S0) + diff @ S1_inv @ diff - k
+                  + jnp.linalg.slogdet(S1)[1] - jnp.linalg.slogdet(S0)[1])
+
+
+def log_weights(model: LinearGaussian, x, m, S, key, k: int):
+    """k importance log-weights log p(x, z_i) - log q(z_i), z_i ~ q = N(m, S): shape (k,)."""
+    chol = jnp.linalg.cholesky(S)
+    z = m + jax.random.normal(key, (k, m.shape[0])) @ chol.T
+    log_q = jax.vmap(lambda zi: mvn_log_density(zi, m, S))(z)
+    return log_joint(model, x, z) - log_q

@@ -1,0 +1,202 @@
+"""Training and evaluating the VAE with Optax: pure, jitted steps and a small epoch loop.
+
+The step is a pure function of a :class:`TrainState` (parameters, optimizer state, step
+counters): ``state, metrics = train_step(state, images, key)``. It is compiled once by
+``jax.jit`` with the state's buffers donated, so XLA updates the parameters in place.
+Losses are computed per example and averaged over the batch: nats per image.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, struct
+
+from vae_lib.data import batch_indices, binarize
+from vae_lib.objectives import vae_elbo
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the model keeps the last good parameters."""
+
+    def __init__(self, step: int, history: dict | None = None):
+        self.step = step
+        self.history = history
+        super().__init__(
+            f"The training loss became non-finite at step {step} (counting from 1). That "
+            f"update was not applied: the model holds the parameters from step {step - 1}. "
+            f"Lower the learning rate, check the data for NaN/inf, or clip gradients "
+            f"(optax.clip_by_global_norm).")
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything a training step changes, plus the static parts it needs."""
+
+    params: Any
+    opt_state: Any
+    step: jax.Array        # steps taken so far (int32)
+    bad_step: jax.Array    # first step (from 1) whose loss was not finite, or 0
+    graphdef: Any = struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    binarize: bool = struct.field(pytree_node=False, default=True)
+
+
+def create_train_state(model: nnx.Module, tx: optax.GradientTransformation | None = None,
+                       learning_rate: float = 1e-3, binarize: bool = True) -> TrainState:
+    """Split an NNX model into a graph definition and parameters, and set up the optimizer.
+
+    ``binarize=True`` trains on dynamically binarized pixels (a true Bernoulli likelihood);
+    False trains on grey pixels (binary cross-entropy, not a normalised likelihood).
+    """
+    tx = tx if tx is not None else optax.adam(learning_rate)
+    graphdef, params = nnx.split(model)
+    return TrainState(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
+                      bad_step=jnp.zeros((), jnp.int32), graphdef=graphdef, tx=tx,
+                      binarize=binarize)
+
+
+def prepare_batch(images, key, use_binarize: bool):
+    """uint8 (B, 28, 28) or float (B, 784) images -> float32 (B, D) in [0, 1], binarized if asked."""
+    x = images.reshape(images.shape[0], -1)
+    x = x.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else x.astype(jnp.float32)
+    return binarize(key, x) if use_binarize else x
+
+
+def loss_fn(params, graphdef, x, key):
+    """Negative ELBO (analytic KL), mean over the batch, and per-term metrics."""
+    model = nnx.merge(graphdef, params)
+    terms = vae_elbo(model, x, key)
+    loss = -jnp.mean(terms["elbo"])
+    return loss, {"loss": loss, "log_px_given_z": jnp.mean(terms["log_px_given_z"]),
+                  "kl": jnp.mean(terms["kl"])}
+
+
+def _train_step(state: TrainState, images, key):
+    k_bin, k_z = jax.random.split(key)
+    x = prepare_batch(images, k_bin, state.binarize)
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, state.graphdef, x, k_z)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    step = state.step + 1
+    # An update with a non-finite loss is not applied, nor any after it: the state keeps
+    # the last good parameters and remembers where things went wrong.
+    finite = jnp.isfinite(metrics["loss"])
+    ok = finite & (state.bad_step == 0)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+    bad_step = jnp.where((~finite) & (state.bad_step == 0), step, state.bad_step)
+    return state.replace(params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+                         step=step, bad_step=bad_step), metrics
+
+
+train_step = jax.jit(_train_step, donate_argnums=0)
+train_step.__doc__ = """One Adam step on a batch: returns (new state, metrics). Jitted, state donated.
+
+`images` are uint8 (B, 28, 28) or float in [0, 1]; `key` drives binarization and z.
+"""
+
+
+@jax.jit
+def eval_step(params, graphdef, x, key):
+    """Per-batch means of the test ELBO terms with z sampled from q (not its mean)."""
+    model = nnx.merge(graphdef, params)
+    terms = vae_elbo(model, x, key)
+    return {"loss": -jnp.mean(terms["elbo"]), "log_px_given_z": jnp.mean(terms["log_px_given_z"]),
+            "kl": jnp.mean(terms["kl"])}
+
+
+def check_images(images, who: str = "training") -> None:
+    """Host-side check of a whole image array before it enters a jitted loop."""
+    images = np.asarray(images)
+    if images.ndim not in (2, 3):
+        raise ValueError(f"{who} expects images of shape (N, 28, 28) or (N, 784); got {images.shape}.")
+    if images.dtype != np.uint8:
+        if not np.all(np.isfinite(images)):
+            raise ValueError(f"{who} images contain NaN or infinite values.")
+        lo, hi = float(images.min()), float(images.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(f"{who} expects uint8 pixels or floats in [0, 1] (the Bernoulli "
+                             f"likelihood); got values in [{lo:g}, {hi:g}]. Divide by 255.")
+
+
+def evaluate(model: nnx.Module, images, key, batch_size: int = 1000, binarize: bool = True) -> dict:
+    """Test negative ELBO in nats per image, with its two terms, over all of `images`.
+
+    z is sampled from q(z|x) for each image: decoding the posterior mean instead would not
+    be the ELBO. With ``binarize`` each image is binarized once with `key`.
+    """
+    check_images(images, "evaluate")
+    graphdef, params = nnx.split(model)
+    totals, n = {}, len(images)
+    for i, start in enumerate(range(0, n, batch_size)):
+        kb, kz = jax.random.split(jax.random.fold_in(key, i))
+        x = prepare_batch(jnp.asarray(images[start:start + batch_size]), kb, binarize)
+        out = eval_step(params, graphdef, x, kz)
+        for name, v in out.items():
+            totals[name] = totals.get(name, 0.0) + float(v) * len(x)
+    return {name: v / n for name, v in totals.items()}
+
+
+def train_epoch(state: TrainState, images, key, batch_size: int = 128,
+                step_fn: Callable = train_step, progress=None):
+    """One pass over `images` in a seeded shuffled order: returns (state, mean metrics)."""
+    k_perm, k_steps = jax.random.split(key)
+    sums = None
+    batches = batch_indices(k_perm, len(images), batch_size)
+    for i, idx in enumerate(batches):
+        state, metrics = step_fn(state, images[idx], jax.random.fold_in(k_steps, i))
+        sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+        if progress is not None:
+            progress.update(1)
+    means = {k: float(v) / len(batches) for k, v in sums.items()}
+    return state, means
+
+
+def fit(model: nnx.Module, train_images, *, key, epochs: int = 10, batch_size: int = 128,
+        learning_rate: float = 1e-3, tx: optax.GradientTransformation | None = None,
+        test_images=None, binarize: bool = True, progress: bool = True) -> dict:
+    """Train `model` in place and return its history (per-epoch metrics, nats per image).
+
+    History keys: ``epoch``, ``train_loss``, ``train_log_px_given_z``, ``train_kl`` and,
+    with `test_images`, ``test_loss``, ``test_log_px_given_z``, ``test_kl`` (z sampled).
+    On a non-finite loss it stops with :class:`NonFiniteLossError` naming the step; the
+    model then holds the last good parameters.
+    """
+    check_images(train_images, "fit")
+    if test_images is not None:
+        check_images(test_images, "fit (test_images)")
+    state = create_train_state(model, tx=tx, learning_rate=learning_rate, binarize=binarize)
+    history: dict[str, list] = {"epoch": []}
+    k_train, k_test = jax.random.split(key)
+    steps_per_epoch = len(train_images) // batch_size
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=epochs * steps_per_epoch, desc="training", unit="step")
+    try:
+        for epoch in range(1, epochs + 1):
+            state, means = train_epoch(state, train_images, jax.random.fold_in(k_train, epoch),
+                                       batch_size, progress=bar)
+            bad = int(state.bad_step)
+            if bad:
+                nnx.update(model, state.params)
+                raise NonFiniteLossError(bad, history)
+            history["epoch"].append(epoch)
+            for name, v in means.items():
+                history.setdefault("train_" + name, []).append(v)
+            if test_images is not None:
+                nnx.update(model, state.params)
+                test = evaluate(model, test_images, k_test, binarize=binarize)
+                for name, v in test.items():
+                    history.setdefault("test_" + name, []).append(v)
+            if bar is not None:
+                bar.set_postfix(loss=f"{means['loss']:.1f}")
+    finally:
+        if bar is not None:
+            bar.close()
+    nnx.update(model, state.params)
+    return history
