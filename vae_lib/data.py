@@ -275,3 +275,40 @@ def iterate_batches(key, images: np.ndarray, batch_size: int, labels: np.ndarray
     """Yield shuffled batches of `images` (and `labels`, when given), seeded by `key`."""
     for idx in batch_indices(key, len(images), batch_size, drop_last):
         yield images[idx] if labels is None else (images[idx], labels[idx])
+
+
+def _fetch_main() -> int:
+    """`python -m vae_lib.data` (what `make data` runs): make Fashion-MNIST available."""
+    import shutil
+    import subprocess
+    import sys
+
+    if all(_load_local(s) is not None for s in _FILES):
+        for s in _FILES:
+            load_fashion_mnist(s)  # verifies the digest
+        print(f"Fashion-MNIST is ready (local IDX files in {_load_local('train')[2]}).")
+        return 0
+    if not os.environ.get("VAE_LIB_DATA_DIR") and shutil.which("apt-get") and os.geteuid() == 0:
+        print("Installing Debian's package dataset-fashion-mnist ...", flush=True)
+        ok = subprocess.run(["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"]).returncode == 0
+        if not ok:
+            ok = (subprocess.run(["apt-get", "update", "-qq"]).returncode == 0 and
+                  subprocess.run(["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"]).returncode == 0)
+        if ok and all(_load_local(s) is not None for s in _FILES):
+            for s in _FILES:
+                load_fashion_mnist(s)
+            print(f"Fashion-MNIST is ready (from the Debian package, {DEBIAN_DIR}).")
+            return 0
+    print("Fetching Fashion-MNIST through tensorflow-datasets ...", flush=True)
+    try:
+        for s in _FILES:
+            load_fashion_mnist(s)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"Fashion-MNIST is ready (downloaded by tfds; cached in {local_dirs()[-1] if not os.environ.get('VAE_LIB_DATA_DIR') else local_dirs()[0]}).")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_fetch_main())

@@ -8,7 +8,7 @@ Losses are computed per example and averaged over the batch: nats per image.
 
 from __future__ import annotations
 
-import math
+import functools
 from typing import Any, Callable
 
 import jax
@@ -18,7 +18,7 @@ import optax
 from flax import nnx, struct
 
 from vae_lib.data import batch_indices, binarize
-from vae_lib.objectives import vae_elbo
+from vae_lib.objectives import bernoulli_log_likelihood, vae_elbo
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -43,12 +43,17 @@ class TrainState(struct.PyTreeNode):
     bad_step: jax.Array    # first step (from 1) whose loss was not finite, or 0
     graphdef: Any = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    loss_fn: Callable = struct.field(pytree_node=False)
     binarize: bool = struct.field(pytree_node=False, default=True)
 
 
 def create_train_state(model: nnx.Module, tx: optax.GradientTransformation | None = None,
-                       learning_rate: float = 1e-3, binarize: bool = True) -> TrainState:
+                       learning_rate: float = 1e-3, binarize: bool = True,
+                       loss_fn: Callable | None = None) -> TrainState:
     """Split an NNX model into a graph definition and parameters, and set up the optimizer.
+
+    ``loss_fn(params, graphdef, x, key) -> (loss, metrics)`` defaults to :func:`vae_loss`;
+    :func:`autoencoder_loss` trains an :class:`vae_lib.models.Autoencoder` with the same step.
 
     ``binarize=True`` trains on dynamically binarized pixels (a true Bernoulli likelihood);
     False trains on grey pixels (binary cross-entropy, not a normalised likelihood).
@@ -57,7 +62,7 @@ def create_train_state(model: nnx.Module, tx: optax.GradientTransformation | Non
     graphdef, params = nnx.split(model)
     return TrainState(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
                       bad_step=jnp.zeros((), jnp.int32), graphdef=graphdef, tx=tx,
-                      binarize=binarize)
+                      loss_fn=loss_fn if loss_fn is not None else vae_loss, binarize=binarize)
 
 
 def prepare_batch(images, key, use_binarize: bool):
@@ -67,7 +72,7 @@ def prepare_batch(images, key, use_binarize: bool):
     return binarize(key, x) if use_binarize else x
 
 
-def loss_fn(params, graphdef, x, key):
+def vae_loss(params, graphdef, x, key):
     """Negative ELBO (analytic KL), mean over the batch, and per-term metrics."""
     model = nnx.merge(graphdef, params)
     terms = vae_elbo(model, x, key)
@@ -76,10 +81,22 @@ def loss_fn(params, graphdef, x, key):
                   "kl": jnp.mean(terms["kl"])}
 
 
+def autoencoder_loss(params, graphdef, x, key):
+    """Reconstruction cross-entropy of an autoencoder, summed over pixels, mean over the batch.
+
+    -sum_d [x_d log s_d + (1 - x_d) log(1 - s_d)] with s = sigmoid(logits): the same
+    function as the VAE's reconstruction term, with no sampling (``key`` is unused).
+    """
+    del key
+    model = nnx.merge(graphdef, params)
+    loss = -jnp.mean(bernoulli_log_likelihood(x, model(x)))
+    return loss, {"loss": loss}
+
+
 def _train_step(state: TrainState, images, key):
     k_bin, k_z = jax.random.split(key)
     x = prepare_batch(images, k_bin, state.binarize)
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, state.graphdef, x, k_z)
+    grads, metrics = jax.grad(state.loss_fn, has_aux=True)(state.params, state.graphdef, x, k_z)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     step = state.step + 1
@@ -100,13 +117,10 @@ train_step.__doc__ = """One Adam step on a batch: returns (new state, metrics). 
 """
 
 
-@jax.jit
-def eval_step(params, graphdef, x, key):
-    """Per-batch means of the test ELBO terms with z sampled from q (not its mean)."""
-    model = nnx.merge(graphdef, params)
-    terms = vae_elbo(model, x, key)
-    return {"loss": -jnp.mean(terms["elbo"]), "log_px_given_z": jnp.mean(terms["log_px_given_z"]),
-            "kl": jnp.mean(terms["kl"])}
+@functools.partial(jax.jit, static_argnums=(1, 4))
+def eval_step(params, graphdef, x, key, loss_fn=vae_loss):
+    """Per-batch metrics of `loss_fn` (for the VAE: z sampled from q, not its mean)."""
+    return loss_fn(params, graphdef, x, key)[1]
 
 
 def check_images(images, who: str = "training") -> None:
@@ -123,7 +137,8 @@ def check_images(images, who: str = "training") -> None:
                              f"likelihood); got values in [{lo:g}, {hi:g}]. Divide by 255.")
 
 
-def evaluate(model: nnx.Module, images, key, batch_size: int = 1000, binarize: bool = True) -> dict:
+def evaluate(model: nnx.Module, images, key, batch_size: int = 1000, binarize: bool = True,
+             loss_fn: Callable = None) -> dict:
     """Test negative ELBO in nats per image, with its two terms, over all of `images`.
 
     z is sampled from q(z|x) for each image: decoding the posterior mean instead would not
@@ -135,7 +150,7 @@ def evaluate(model: nnx.Module, images, key, batch_size: int = 1000, binarize: b
     for i, start in enumerate(range(0, n, batch_size)):
         kb, kz = jax.random.split(jax.random.fold_in(key, i))
         x = prepare_batch(jnp.asarray(images[start:start + batch_size]), kb, binarize)
-        out = eval_step(params, graphdef, x, kz)
+        out = eval_step(params, graphdef, x, kz, loss_fn or vae_loss)
         for name, v in out.items():
             totals[name] = totals.get(name, 0.0) + float(v) * len(x)
     return {name: v / n for name, v in totals.items()}
@@ -158,18 +173,23 @@ def train_epoch(state: TrainState, images, key, batch_size: int = 128,
 
 def fit(model: nnx.Module, train_images, *, key, epochs: int = 10, batch_size: int = 128,
         learning_rate: float = 1e-3, tx: optax.GradientTransformation | None = None,
-        test_images=None, binarize: bool = True, progress: bool = True) -> dict:
+        test_images=None, binarize: bool = True, progress: bool = True,
+        loss_fn: Callable | None = None) -> dict:
     """Train `model` in place and return its history (per-epoch metrics, nats per image).
 
     History keys: ``epoch``, ``train_loss``, ``train_log_px_given_z``, ``train_kl`` and,
     with `test_images`, ``test_loss``, ``test_log_px_given_z``, ``test_kl`` (z sampled).
+    ``loss_fn`` defaults to the VAE's negative ELBO; pass :func:`autoencoder_loss` (with
+    ``binarize=False``) to train an autoencoder (history then has only the loss).
     On a non-finite loss it stops with :class:`NonFiniteLossError` naming the step; the
     model then holds the last good parameters.
     """
     check_images(train_images, "fit")
     if test_images is not None:
         check_images(test_images, "fit (test_images)")
-    state = create_train_state(model, tx=tx, learning_rate=learning_rate, binarize=binarize)
+    loss_fn = loss_fn or vae_loss
+    state = create_train_state(model, tx=tx, learning_rate=learning_rate, binarize=binarize,
+                               loss_fn=loss_fn)
     history: dict[str, list] = {"epoch": []}
     k_train, k_test = jax.random.split(key)
     steps_per_epoch = len(train_images) // batch_size
@@ -190,7 +210,7 @@ def fit(model: nnx.Module, train_images, *, key, epochs: int = 10, batch_size: i
                 history.setdefault("train_" + name, []).append(v)
             if test_images is not None:
                 nnx.update(model, state.params)
-                test = evaluate(model, test_images, k_test, binarize=binarize)
+                test = evaluate(model, test_images, k_test, binarize=binarize, loss_fn=loss_fn)
                 for name, v in test.items():
                     history.setdefault("test_" + name, []).append(v)
             if bar is not None:

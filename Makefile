@@ -1,0 +1,56 @@
+# The VAE notebook series. `make lab` to learn, `make test` to check everything.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 300
+LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
+PORT   ?= 8888
+
+export TF_CPP_MIN_LOG_LEVEL := 3
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup data lab test unit nbval run bench footprint clean
+
+# The pinned environment and vae_lib (editable). Re-runs when the pins change.
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip>=24"
+	$(BIN)/python -m pip install -q -c requirements.lock -e ".[all]"
+	touch $@
+
+setup: $(STAMP)
+
+# Fashion-MNIST: nothing if present, else Debian's package (apt, as root), else tfds.
+data: setup
+	$(BIN)/python -m vae_lib.data
+
+lab: setup data
+	$(BIN)/jupyter lab --notebook-dir=notebooks --port=$(PORT) $(LAB_FLAGS)
+
+# The whole suite: vae_lib's unit tests and strict nbval over every notebook, in order.
+test: setup data
+	$(BIN)/python -m pytest tests $(NOTEBOOKS) $(NBVAL)
+
+unit: setup data
+	$(BIN)/python -m pytest tests
+
+nbval: setup data
+	$(BIN)/python -m pytest $(NOTEBOOKS) $(NBVAL)
+
+# Execute every notebook headless, in place, in order: this refreshes the stored outputs.
+run: setup data
+	@for nb in $(NOTEBOOKS); do \
+	  echo "== $$nb"; \
+	  $(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=900 $$nb || exit 1; \
+	done
+
+bench: setup data
+	$(BIN)/python benchmarks/train_throughput.py
+
+footprint: setup data
+	$(BIN)/python benchmarks/notebook_footprint.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache artifacts
