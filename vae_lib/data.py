@@ -173,9 +173,13 @@ def _import_tfds():
 def load_from_tfds(name: str, split: str, download: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Load a tfds image-classification data set as (uint8 images (N, 28, 28), int labels)."""
     tfds = _import_tfds()
-    data = tfds.load(name, split=split, batch_size=-1, as_supervised=True, download=download)
-    images, labels = tfds.as_numpy(data)
-    return np.asarray(images, dtype=np.uint8).reshape(-1, 28, 28), np.asarray(labels, dtype=np.int64)
+    ds = tfds.load(name, split=split, as_supervised=True, download=download)
+    chunks = list(tfds.as_numpy(ds.batch(10000)))
+    if not chunks:
+        raise DataError(f"tensorflow-datasets returned no examples for {name} {split}.")
+    images = np.concatenate([np.asarray(c[0], dtype=np.uint8) for c in chunks])
+    labels = np.concatenate([np.asarray(c[1], dtype=np.int64) for c in chunks])
+    return images.reshape(-1, 28, 28), labels
 
 
 def _load_tfds_fashion(split: str) -> tuple[np.ndarray, np.ndarray]:

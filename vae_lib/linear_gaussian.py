@@ -41,11 +41,11 @@ def sample_x(model: LinearGaussian, key, num: int):
 
 
 def mvn_log_density(x, mean, cov):
-    """log N(x; mean, cov) for a full covariance matrix."""
+    """log N(x; mean, cov) for a full covariance matrix; x of shape (D,) or (N, D)."""
     d = x.shape[-1]
     chol = jnp.linalg.cholesky(cov)
-    sol = jax.scipy.linalg.solve_triangular(chol, x - mean, lower=True)
-    return -0.5 * (d * LOG_2PI + 2 * jnp.sum(jnp.log(jnp.diag(chol))) + sol @ sol)
+    sol = jax.scipy.linalg.solve_triangular(chol, (x - mean).T, lower=True)
+    return -0.5 * (d * LOG_2PI + 2 * jnp.sum(jnp.log(jnp.diag(chol))) + jnp.sum(sol ** 2, axis=0))
 
 
 def log_marginal(model: LinearGaussian, x):
@@ -114,5 +114,4 @@ def log_weights(model: LinearGaussian, x, m, S, key, k: int):
     """k importance log-weights log p(x, z_i) - log q(z_i), z_i ~ q = N(m, S): shape (k,)."""
     chol = jnp.linalg.cholesky(S)
     z = m + jax.random.normal(key, (k, m.shape[0])) @ chol.T
-    log_q = jax.vmap(lambda zi: mvn_log_density(zi, m, S))(z)
-    return log_joint(model, x, z) - log_q
+    return log_joint(model, x, z) - mvn_log_density(z, m, S)

@@ -14,6 +14,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -36,16 +37,17 @@ def bernoulli_log_likelihood(x, logits):
     series names as such (notebook 02). Values of x outside [0, 1] are rejected.
     Returns one value per example (shape x.shape[:-1]).
     """
-    x = jnp.asarray(x)
-    logits = jnp.asarray(logits)
-    _same_shape(x, logits, "x", "logits")
-    if _is_concrete(x) and x.size:
-        lo, hi = float(jnp.min(x)), float(jnp.max(x))
+    if _is_concrete(x) and np.size(x):  # checked on the host; inside jit x is abstract
+        x_host = np.asarray(x)
+        lo, hi = float(x_host.min()), float(x_host.max())
         if not (0.0 <= lo and hi <= 1.0):  # also false for NaN
             raise ValueError(f"The Bernoulli likelihood needs pixels in [0, 1]; got values in "
                              f"[{lo:g}, {hi:g}]. Scale uint8 images with vae_lib.data.to_float "
                              f"(divide by 255) and binarize them if you want a true Bernoulli "
                              f"likelihood.")
+    x = jnp.asarray(x)
+    logits = jnp.asarray(logits)
+    _same_shape(x, logits, "x", "logits")
     return jnp.sum(x * logits - jax.nn.softplus(logits), axis=-1)
 
 
