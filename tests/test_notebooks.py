@@ -1,0 +1,114 @@
+"""Every notebook of the series, read as a document: structure, stored outputs, portability.
+
+(`make test` also runs each notebook under strict nbval, which re-executes it in a fresh
+kernel and compares its outputs with the stored ones.)
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+ABSOLUTE_PATH = re.compile(r"(/work/|/root/|/home/\w+|/Users/\w+|[A-Z]:\\\\|/tmp/ipykernel|site-packages)")
+
+
+def _cells(path):
+    return json.loads(path.read_text())["cells"]
+
+
+def _text(cell) -> str:
+    return "".join(cell.get("source", ""))
+
+
+def _markdown(path) -> list[str]:
+    return [_text(c) for c in _cells(path) if c["cell_type"] == "markdown"]
+
+
+def _code(path):
+    return [c for c in _cells(path) if c["cell_type"] == "code" and _text(c).strip()]
+
+
+def test_the_series_has_notebooks_numbered_without_gaps():
+    numbers = [int(p.name[:2]) for p in NOTEBOOKS]
+    assert numbers == list(range(1, len(numbers) + 1)), [p.name for p in NOTEBOOKS]
+
+
+@pytest.fixture(params=NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def notebook(request):
+    return request.param
+
+
+def test_opens_with_title_goals_and_prerequisites(notebook):
+    head = "\n".join(_markdown(notebook)[:3]).lower()
+    assert re.match(r"#\s+\S", _markdown(notebook)[0]), "the first cell must be a '# Title'"
+    assert "what you will learn" in head, "state the learning goals at the top"
+    assert "what you need to know" in head, "state the prerequisites at the top"
+
+
+def test_ends_with_summary_and_exercises(notebook):
+    md = "\n".join(_markdown(notebook)).lower()
+    assert re.search(r"^##\s+summary", md, re.M), "a '## Summary' section is missing"
+    assert re.search(r"^##\s+exercises", md, re.M), "a '## Exercises' section is missing"
+    assert md.rfind("## summary") > len(md) // 2, "the summary belongs at the end"
+
+
+def test_links_to_its_neighbours(notebook):
+    md = "\n".join(_markdown(notebook))
+    i = NOTEBOOKS.index(notebook)
+    if i > 0:
+        assert f"({NOTEBOOKS[i - 1].name})" in md, f"no link to the previous notebook {NOTEBOOKS[i - 1].name}"
+    if i + 1 < len(NOTEBOOKS):
+        assert f"({NOTEBOOKS[i + 1].name})" in md, f"no link to the next notebook {NOTEBOOKS[i + 1].name}"
+
+
+def test_is_stored_executed_in_order_from_a_fresh_kernel(notebook):
+    counts = [c.get("execution_count") for c in _code(notebook)]
+    assert None not in counts, "some code cells were never run: run `make run` and commit"
+    assert counts == list(range(1, len(counts) + 1)), "run it top to bottom in a fresh kernel (`make run`)"
+
+
+def test_has_no_error_outputs(notebook):
+    for cell in _code(notebook):
+        expected = "raises-exception" in cell.get("metadata", {}).get("tags", [])
+        for out in cell.get("outputs", []):
+            assert expected or out["output_type"] != "error", f"error output in: {_text(cell)[:80]!r}"
+
+
+def test_names_no_machine_paths(notebook):
+    for cell in _cells(notebook):
+        assert not ABSOLUTE_PATH.search(_text(cell)), f"absolute path in source: {_text(cell)[:80]!r}"
+        for out in cell.get("outputs", []):
+            blob = json.dumps(out.get("text", "")) + json.dumps(out.get("data", {}).get("text/plain", ""))
+            m = ABSOLUTE_PATH.search(blob)
+            assert not m, f"an output shows a machine path ({m.group(0)}...)"
+
+
+def test_does_not_import_tensorflow(notebook):
+    """TensorFlow costs about 500 MB on import: half of a Binder session."""
+    for cell in _code(notebook):
+        assert not re.search(r"^\s*(import|from)\s+tensorflow", _text(cell), re.M)
+
+
+def test_every_figure_cell_sets_a_title_and_axis_labels_or_uses_vae_lib_plotting(notebook):
+    for cell in _code(notebook):
+        src = _text(cell)
+        shows = any("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+        if not shows or "vae_lib.plotting" in src or re.search(r"\bplotting\.\w+\(", src):
+            continue
+        assert re.search(r"set_title|title\(|suptitle", src), f"figure without a title: {src[:80]!r}"
+        assert re.search(r"set_xlabel|xlabel\(|set_ylabel|ylabel\(|supxlabel|supylabel", src), \
+            f"figure without axis labels: {src[:80]!r}"
+
+
+def test_every_figure_is_followed_or_preceded_by_words(notebook):
+    cells = _cells(notebook)
+    for i, cell in enumerate(cells):
+        if cell["cell_type"] != "code":
+            continue
+        if any("image/png" in o.get("data", {}) for o in cell.get("outputs", [])):
+            near = [cells[j] for j in (i - 1, i + 1) if 0 <= j < len(cells)]
+            assert any(c["cell_type"] == "markdown" for c in near), \
+                f"a figure with no explanation next to it: {_text(cell)[:80]!r}"
