@@ -2,7 +2,9 @@
 
 One concept per module: ``data`` (Fashion-MNIST and batching), ``models`` (Flax NNX
 networks), ``objectives`` (log-densities, KL, ELBO, importance-weighted bound),
-``linear_gaussian`` (an exactly solvable latent model), ``training`` (jitted Optax steps),
+``linear_gaussian`` (an exactly solvable latent model), ``estimators`` (score-function and
+pathwise gradient estimators), ``training`` (jitted Optax steps), ``checkpoint`` (saving
+parameters),
 ``plotting`` (figures), ``exercises`` (check functions for the notebooks' exercises).
 """
 

@@ -1,0 +1,445 @@
+"""Monte Carlo estimators of the gradient of an expectation: score function and pathwise.
+
+The problem (the lecture note's eqs. 10-11): estimate ``grad_phi E_{q_phi(z)}[f(z)]`` when
+the distribution itself depends on phi, so the gradient cannot simply be moved inside the
+expectation. Two unbiased estimators exist:
+
+* **score function** (log-derivative trick, REINFORCE; the note never names it):
+  ``grad_phi q_phi(z) = q_phi(z) grad_phi log q_phi(z)`` gives
+  ``grad_phi E_q[f(z)] = E_q[(f(z) - b) grad_phi log q_phi(z)]`` for any constant b (the
+  baseline: ``E_q[grad_phi log q_phi] = 0``). Needs only values of f.
+* **pathwise** (reparameterization trick, the note's eqs. 12-16 corrected): write
+  ``z = g_phi(eps) = mean + std * eps`` with ``eps ~ N(0, I)`` free of phi, then
+  ``grad_phi E_q[f(z)] = E_eps[grad_phi f(g_phi(eps))]``. Needs f differentiable.
+
+Functions here, one idea each:
+
+* :func:`score_function_samples`, :func:`pathwise_samples`: the two estimators for a
+  diagonal Gaussian N(mean, diag(std^2)) and any scalar cost f. Each returns
+  ``(d_mean, d_std)`` with one single-sample estimate per row, so the mean of the rows is
+  the Monte Carlo gradient and their variance is the estimator's variance.
+* :func:`gaussian_quadratic_variances` (with :func:`gaussian_quadratic_expectation`,
+  :func:`gaussian_quadratic_gradients`, :func:`gaussian_quadratic_optimal_baselines`): the
+  exact variances for the setup of Mohamed, Rosca, Figurnov & Mnih (JMLR 2020, Fig. 2),
+  x ~ N(mu, sigma^2) and f(x) = (x - k)^2, extended to x in R^D with f = sum_d (x_d - k)^2.
+  The derivation is in notebook 03.
+* :func:`score_function_loss`: a surrogate loss for a :class:`vae_lib.models.VAE` whose
+  gradient is the score-function estimate for the encoder (phi) and the ordinary gradient
+  for the decoder (theta). It has the signature of :func:`vae_lib.training.vae_loss`, so it
+  trains with :func:`vae_lib.training.train_step` or :func:`vae_lib.training.fit`.
+* :func:`vae_encoder_grads`: single-sample estimates of the ELBO's gradient with respect to
+  the encoder's parameters (pathwise, or score function with a baseline), one flattened
+  vector per row; :func:`vae_encoder_grad_moments`: their per-parameter mean and variance,
+  streamed (for many samples of a big encoder); :func:`row_moments` and
+  :func:`gradient_summary`: total variance and signal-to-noise ratio.
+* :func:`normal_log_density`: log N(x; mean, diag(std^2)) for arrays of any shape, whose
+  gradient in (mean, std) is the score the score-function estimator multiplies by f.
+
+Equation numbers refer to the lecture note (shared/seeds/000_303b5e48acb7a591.txt).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.flatten_util import ravel_pytree
+
+from vae_lib.objectives import (bernoulli_log_likelihood, gaussian_log_density,
+                                kl_to_standard_normal, reparameterize)
+from vae_lib.training import vae_loss
+
+ESTIMATORS = ("pathwise", "score")
+VAE_BASELINES = ("batch", "posterior_mean")
+
+
+# --------------------------------------------------------------------------------------
+# A diagonal Gaussian and any scalar cost
+# --------------------------------------------------------------------------------------
+
+def _mean_std(mean, std):
+    mean = jnp.asarray(mean, jnp.float32)
+    std = jnp.asarray(std, jnp.float32)
+    if mean.shape != std.shape:
+        raise ValueError(f"mean has shape {tuple(mean.shape)} but std has shape "
+                         f"{tuple(std.shape)}; they must be the same.")
+    if not isinstance(std, jax.core.Tracer) and std.size and not bool(jnp.all(std > 0)):
+        raise ValueError("std must be positive everywhere (it is a standard deviation, not a "
+                         "log-variance).")
+    return mean, std
+
+
+def _check_cost(f: Callable, mean) -> None:
+    out = jax.eval_shape(f, jax.ShapeDtypeStruct(mean.shape, mean.dtype))
+    if getattr(out, "shape", None) != ():
+        raise ValueError(f"f must return a scalar for one x of shape {tuple(mean.shape)}; it "
+                         f"returned shape {getattr(out, 'shape', None)}. Sum over the "
+                         f"dimensions of x inside f.")
+
+
+def _logvar(std):
+    return 2.0 * jnp.log(std)
+
+
+def normal_log_density(x, mean, std):
+    """log N(x; mean, diag(std^2)), summed over all elements of x (any one shape).
+
+    The same function as :func:`vae_lib.objectives.gaussian_log_density` (which sums over the
+    last axis and takes a log-variance), applied to the flattened arrays.
+    """
+    return gaussian_log_density(jnp.ravel(x), jnp.ravel(mean), jnp.ravel(_logvar(std)))
+
+
+def _noise(key, mean, num_samples):
+    """eps ~ N(0, I) of shape (num_samples, *mean.shape): row i drives sample i."""
+    return jax.random.normal(key, (num_samples, *mean.shape), mean.dtype)
+
+
+def score_function_samples(f: Callable, mean, std, key, num_samples: int, baseline=0.0):
+    """Single-sample score-function (REINFORCE) estimates of grad E[f(x)], x ~ N(mean, diag(std^2)).
+
+    The log-derivative identity grad_theta q_theta(x) = q_theta(x) grad_theta log q_theta(x)
+    turns the gradient of the expectation (the note's eq. 10) into an expectation:
+
+        grad_theta E_q[f(x)] = E_q[(f(x) - b) grad_theta log q_theta(x)],   theta in {mean, std},
+
+    for any constant baseline b, because E_q[grad_theta log q_theta(x)] = 0. For the
+    Gaussian the scores are (x - mean) / std^2 and ((x - mean)^2 - std^2) / std^3; here they
+    come from autodiff of :func:`normal_log_density` at a fixed (non-differentiated) x.
+
+    Args:
+        f: scalar cost of one x of ``mean``'s shape; it is only evaluated, never
+            differentiated, so it may be non-differentiable or even discontinuous. The
+            estimator is compiled with ``jax.jit`` for each f (f is hashed by identity):
+            define f once and reuse it rather than passing a new lambda every call.
+        mean, std: arrays of one shape (std > 0).
+        key: a ``jax.random.key``; it draws eps of shape (num_samples, *mean.shape) and
+            row i uses x = mean + std * eps[i].
+        num_samples: the number of rows.
+        baseline: a constant b subtracted from f (a control variate; leaves the mean alone).
+
+    Returns:
+        ``(d_mean, d_std)``, each of shape ``(num_samples, *mean.shape)``: row i is one
+        single-sample estimate of the gradient with respect to mean and to std.
+    """
+    mean, std = _mean_std(mean, std)
+    _check_cost(f, mean)
+    return _score_rows(f, mean, std, key, int(num_samples), jnp.asarray(baseline, jnp.float32))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _score_rows(f, mean, std, key, num_samples, baseline):
+    score = jax.grad(normal_log_density, argnums=(1, 2))
+
+    def one(eps):
+        x = jax.lax.stop_gradient(mean + std * eps)  # a fixed draw: no path to (mean, std)
+        weight = f(x) - baseline
+        d_mean, d_std = score(x, mean, std)
+        return weight * d_mean, weight * d_std
+
+    return jax.vmap(one)(_noise(key, mean, num_samples))
+
+
+def pathwise_samples(f: Callable, mean, std, key, num_samples: int):
+    """Single-sample pathwise (reparameterization) estimates of grad E[f(x)], x ~ N(mean, diag(std^2)).
+
+    The note's eqs. 12-16 with g(eps) = mean + std * eps, eps ~ N(0, I): since p(eps) does
+    not depend on (mean, std), the gradient moves inside the expectation over eps,
+
+        grad E_q[f(x)] = E_eps[grad f(mean + std * eps)]
+                       = E_eps[f'(x)]  (for mean),   E_eps[f'(x) * eps]  (for std).
+
+    ``f`` must be differentiable (it is differentiated by ``jax.grad``). Arguments and
+    return value as in :func:`score_function_samples`; for one key the two functions use the
+    same eps, so their rows are paired draws (the same x).
+    """
+    mean, std = _mean_std(mean, std)
+    _check_cost(f, mean)
+    return _pathwise_rows(f, mean, std, key, int(num_samples))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _pathwise_rows(f, mean, std, key, num_samples):
+    def one(eps):
+        # x = g(eps) = mean + std * eps: vae_lib.objectives.reparameterize with logvar = 2 log std
+        return jax.grad(lambda m, s: f(m + s * eps), argnums=(0, 1))(mean, std)
+
+    return jax.vmap(one)(_noise(key, mean, num_samples))
+
+
+# --------------------------------------------------------------------------------------
+# Exact results for Mohamed et al. (2020), Fig. 2: x ~ N(mu, sigma^2), f(x) = (x - k)^2
+# --------------------------------------------------------------------------------------
+
+def gaussian_quadratic_expectation(mu, sigma, k, dim: int = 1):
+    """E[f(x)] for x ~ N(mu 1, sigma^2 I_D) and f(x) = sum_d (x_d - k)^2: D ((mu - k)^2 + sigma^2)."""
+    mu, sigma, k = (np.asarray(v, np.float64) for v in (mu, sigma, k))
+    return dim * ((mu - k) ** 2 + sigma ** 2)
+
+
+def gaussian_quadratic_gradients(mu, sigma, k):
+    """Exact (d/dmu_1, d/dsigma_1) of E[f] above: (2 (mu - k), 2 sigma), for any D."""
+    mu, sigma, k = (np.asarray(v, np.float64) for v in (mu, sigma, k))
+    return 2.0 * (mu - k), 2.0 * sigma + 0.0 * k
+
+
+def gaussian_quadratic_variances(mu, sigma, k, baseline=0.0, dim: int = 1) -> dict:
+    """Exact variances of the single-sample estimators for Mohamed et al. (JMLR 2020), Fig. 2.
+
+    Setup: x ~ N(mu 1, sigma^2 I_D), f(x) = sum_d (x_d - k)^2 (D = ``dim``; D = 1 is the
+    paper's). The variances are those of the estimates of d/dmu_1 and d/dsigma_1 (every
+    coordinate is alike). With a = mu - k, s = sigma and eps ~ N(0, 1), whose moments are
+    E eps^2 = 1, E eps^4 = 3, E eps^6 = 15, E eps^8 = 105 (odd ones 0):
+
+    * pathwise: d/dmu = 2(a + s eps), variance 4 s^2; d/dsigma = 2(a + s eps) eps,
+      variance 4 a^2 + 8 s^2;
+    * score function with constant baseline b: write f - b = c + 2 a s eps + s^2 eps^2 with
+      c = a^2 + R - b, where R = sum_{d>1} (x_d - k)^2 is independent of eps, so
+      E c = E[f] - s^2 - b and Var c = (D - 1)(4 a^2 s^2 + 2 s^4). Then
+      Var[d/dmu]    = (E[c^2] + 6 s^2 E[c] + 8 a^2 s^2 + 15 s^4) / s^2,
+      Var[d/dsigma] = (2 E[c^2] + 20 s^2 E[c] + 40 a^2 s^2 + 74 s^4) / s^2.
+
+    Args broadcast (pass an array of k, of baselines or of dims for a curve).
+    Returns a dict of float64 arrays: ``score_mu``, ``score_sigma``, ``pathwise_mu``,
+    ``pathwise_sigma``.
+    """
+    mu, sigma, k, b = (np.asarray(v, np.float64) for v in (mu, sigma, k, baseline))
+    if np.any(np.asarray(dim) < 1):
+        raise ValueError(f"dim must be at least 1, got {dim}")
+    a, s2 = mu - k, sigma ** 2
+    mean_c = gaussian_quadratic_expectation(mu, sigma, k, dim) - s2 - b
+    mean_c2 = (dim - 1) * (4 * a ** 2 * s2 + 2 * s2 ** 2) + mean_c ** 2
+    out = {
+        "score_mu": (mean_c2 + 6 * s2 * mean_c + 8 * a ** 2 * s2 + 15 * s2 ** 2) / s2,
+        "score_sigma": (2 * mean_c2 + 20 * s2 * mean_c + 40 * a ** 2 * s2 + 74 * s2 ** 2) / s2,
+        "pathwise_mu": 4 * s2,
+        "pathwise_sigma": 4 * a ** 2 + 8 * s2,
+    }
+    shape = np.broadcast_shapes(mu.shape, sigma.shape, k.shape, b.shape, np.shape(dim))
+    return {name: np.broadcast_to(v, shape) for name, v in out.items()}
+
+
+def gaussian_quadratic_optimal_baselines(mu, sigma, k, dim: int = 1):
+    """The constant baselines that minimise the score-function variances above.
+
+    Each variance is a parabola in b with its minimum where E[c] = -3 s^2 (for mu) and
+    E[c] = -5 s^2 (for sigma), i.e. b = E[f] + 2 sigma^2 and b = E[f] + 4 sigma^2. (In general
+    b* = E[f s^2] / E[s^2] for the score s, Mohamed et al. 2020, sec. 7.4.) Returns
+    ``(b_mu, b_sigma)``.
+    """
+    ef = gaussian_quadratic_expectation(mu, sigma, k, dim)
+    s2 = np.asarray(sigma, np.float64) ** 2
+    return ef + 2 * s2, ef + 4 * s2
+
+
+# --------------------------------------------------------------------------------------
+# The VAE: gradients of the ELBO with respect to the encoder's parameters phi
+# --------------------------------------------------------------------------------------
+
+def _vae_baseline(baseline, model, x, mean, log_px):
+    if isinstance(baseline, str):
+        if baseline == "batch":  # leave-one-out mean (score_function_loss checks n >= 2)
+            n = log_px.shape[0]
+            return (jnp.sum(log_px) - log_px) / (n - 1)
+        if baseline == "posterior_mean":
+            return bernoulli_log_likelihood(x, model.decoder(mean))
+        raise ValueError(f"baseline must be a number or one of {VAE_BASELINES}; got {baseline!r}.")
+    return jnp.asarray(baseline, jnp.float32)
+
+
+def score_function_loss(params, graphdef, x, key, baseline=0.0):
+    """Surrogate loss of a VAE: score-function gradient for phi, ordinary gradient for theta.
+
+    The ELBO is E_q[log p(x|z)] - KL(q(z|x) || p(z)) (the note's eq. 2, corrected); the KL
+    is in closed form (as in :func:`vae_lib.training.vae_loss`), so only the first term
+    needs a Monte Carlo gradient. With z ~ q_phi(z|x) drawn and then held fixed
+    (``stop_gradient``: no path from phi to z), the per-example surrogate is
+
+        log p_theta(x|z) + stop_gradient(log p(x|z) - b(x)) * log q_phi(z|x) - KL,
+
+    whose gradient for theta is grad_theta log p_theta(x|z) and for phi is the
+    score-function estimate (log p(x|z) - b) grad_phi log q_phi(z|x) - grad_phi KL.
+    The baseline b(x) must not depend on this z; choices:
+
+    * a number: a constant (0.0 is no baseline);
+    * ``"batch"``: the mean of log p(x_j|z_j) over the *other* examples j of the batch
+      (leave-one-out, so it is independent of z_i and the estimate stays unbiased);
+    * ``"posterior_mean"``: log p(x | z = mean of q(z|x)), the same image decoded at the
+      encoder's mean: one more decoder pass, a baseline fitted to each example.
+
+    Same signature and metrics as :func:`vae_lib.training.vae_loss`: returns
+    ``(surrogate, metrics)`` where ``metrics["loss"]`` is the true negative ELBO (mean over
+    the batch, nats per example) at the same z; the surrogate's value means nothing, only its
+    gradient does. Use ``functools.partial(score_function_loss, baseline=...)`` as the
+    ``loss_fn`` of :func:`vae_lib.training.create_train_state` or :func:`vae_lib.training.fit`.
+    """
+    if isinstance(baseline, str) and baseline == "batch" and x.shape[0] < 2:
+        raise ValueError("baseline='batch' averages log p(x|z) over the *other* examples of the "
+                         "batch, so it needs at least 2 examples.")
+    model = nnx.merge(graphdef, params)
+    mean, logvar = model.encoder(x)
+    z = jax.lax.stop_gradient(reparameterize(key, mean, logvar))
+    log_px = bernoulli_log_likelihood(x, model.decoder(z))
+    kl = kl_to_standard_normal(mean, logvar)
+    b = jax.lax.stop_gradient(_vae_baseline(baseline, model, x, mean, log_px))
+    log_q = gaussian_log_density(z, mean, logvar)
+    surrogate = log_px + jax.lax.stop_gradient(log_px - b) * log_q - kl
+    loss = -jnp.mean(log_px - kl)
+    return -jnp.mean(surrogate), {"loss": loss, "log_px_given_z": jnp.mean(log_px),
+                                  "kl": jnp.mean(kl)}
+
+
+def _row_function(params, graphdef, x, estimator, baseline):
+    """key -> one flattened single-sample estimate of grad_phi of the batch-mean ELBO."""
+    loss_fn = vae_loss if estimator == "pathwise" else functools.partial(score_function_loss,
+                                                                         baseline=baseline)
+
+    def row(k):
+        grads, _ = jax.grad(loss_fn, has_aux=True)(params, graphdef, x, k)
+        return -ravel_pytree(grads["encoder"])[0]  # gradient of the ELBO = minus the loss's
+
+    return row
+
+
+_STATIC = ("graphdef", "num_samples", "estimator", "baseline", "chunk_size")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _encoder_grad_rows(params, x, key, *, graphdef, num_samples, estimator, baseline, chunk_size):
+    row = _row_function(params, graphdef, x, estimator, baseline)
+    return jax.lax.map(row, jax.random.split(key, num_samples), batch_size=chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _encoder_grad_moments(params, x, key, *, graphdef, num_samples, estimator, baseline,
+                          chunk_size):
+    row = _row_function(params, graphdef, x, estimator, baseline)
+    keys = jax.random.split(key, num_samples).reshape(num_samples // chunk_size, chunk_size)
+    zeros = jnp.zeros_like(ravel_pytree(params["encoder"])[0])
+
+    def merge(carry, chunk_keys):
+        # Chan et al.'s pairwise update of (count, mean, sum of squared deviations).
+        count, mean, m2 = carry
+        g = jax.vmap(row)(chunk_keys)
+        g_mean = jnp.mean(g, axis=0)
+        delta = g_mean - mean
+        total = count + chunk_size
+        mean = mean + delta * (chunk_size / total)
+        m2 = m2 + jnp.sum((g - g_mean) ** 2, axis=0) + delta ** 2 * (count * chunk_size / total)
+        return (total, mean, m2), None
+
+    (_, mean, m2), _ = jax.lax.scan(merge, (jnp.zeros(()), zeros, zeros), keys)
+    return mean, m2 / (num_samples - 1)
+
+
+def _check_vae_args(x, num_samples, estimator, baseline):
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}.")
+    if isinstance(baseline, str):
+        if baseline not in VAE_BASELINES:
+            raise ValueError(f"baseline must be a number or one of {VAE_BASELINES}; "
+                             f"got {baseline!r}.")
+    else:
+        baseline = float(baseline)
+    if estimator == "pathwise" and baseline != 0.0:
+        raise ValueError("A baseline only applies to the score-function estimator; the pathwise "
+                         "estimator takes none.")
+    x = jnp.asarray(x, jnp.float32)
+    if x.ndim != 2:
+        raise ValueError(f"x must be a batch of shape (B, D); got {tuple(x.shape)}. For one "
+                         f"example pass x[i:i + 1].")
+    if int(num_samples) < 2:
+        raise ValueError(f"num_samples must be at least 2; got {num_samples}.")
+    return x, int(num_samples), baseline
+
+
+def vae_encoder_grads(model, x, key, num_samples: int, estimator: str = "pathwise",
+                      baseline=0.0, chunk_size: int | None = 32):
+    """Single-sample estimates of grad_phi ELBO for a VAE's encoder, one flattened vector per row.
+
+    The quantity estimated is the gradient, with respect to the encoder's parameters phi,
+    of the mean over the examples of ``x`` of the ELBO E_q[log p(x|z)] - KL (closed-form KL):
+    the gradient one SGD step on this batch follows. Each row draws a fresh z for every
+    example (row i uses ``jax.random.split(key, num_samples)[i]``); x itself is fixed (pass
+    it already binarized). Pass one example, shape (1, 784), for the per-example gradient.
+
+    Args:
+        model: a :class:`vae_lib.models.VAE` (not modified).
+        x: float images (B, D) in [0, 1].
+        estimator: ``"pathwise"`` (reparameterization, as :func:`vae_lib.training.vae_loss`
+            trains) or ``"score"`` (the gradient of :func:`score_function_loss`).
+        baseline: for ``"score"`` only: a number, ``"batch"`` or ``"posterior_mean"`` (see
+            :func:`score_function_loss`).
+        chunk_size: rows computed together (``jax.lax.map``'s batch_size); smaller uses less
+            memory.
+
+    Returns:
+        float32 array (num_samples, P), P the number of encoder parameters, in the order of
+        ``jax.flatten_util.ravel_pytree(nnx.state(model.encoder))``. It holds
+        num_samples * P floats (330,040 parameters for the 784-400-20 VAE); for many samples
+        of a big encoder use :func:`vae_encoder_grad_moments`, which keeps only two vectors.
+    """
+    x, num_samples, baseline = _check_vae_args(x, num_samples, estimator, baseline)
+    if chunk_size is not None:
+        chunk_size = min(int(chunk_size), num_samples)
+    graphdef, params = nnx.split(model)
+    return _encoder_grad_rows(params, x, key, graphdef=graphdef, num_samples=num_samples,
+                              estimator=estimator, baseline=baseline, chunk_size=chunk_size)
+
+
+def vae_encoder_grad_moments(model, x, key, num_samples: int, estimator: str = "pathwise",
+                             baseline=0.0, chunk_size: int = 16) -> dict:
+    """Per-parameter mean and variance of the rows of :func:`vae_encoder_grads`, streamed.
+
+    Same arguments and the same draws (for the same key) as :func:`vae_encoder_grads`, but
+    the rows are reduced ``chunk_size`` at a time, so memory holds a few vectors of P floats
+    instead of num_samples of them. ``num_samples`` must be a multiple of ``chunk_size``.
+
+    Returns a dict: ``mean`` (P,) (the Monte Carlo gradient), ``variance`` (P,) (of one
+    single-sample estimate, ddof=1) and ``num_samples``; :func:`gradient_summary` reduces it.
+    """
+    x, num_samples, baseline = _check_vae_args(x, num_samples, estimator, baseline)
+    chunk_size = min(int(chunk_size), num_samples)
+    if num_samples % chunk_size:
+        raise ValueError(f"num_samples ({num_samples}) must be a multiple of chunk_size "
+                         f"({chunk_size}).")
+    graphdef, params = nnx.split(model)
+    mean, variance = _encoder_grad_moments(params, x, key, graphdef=graphdef,
+                                           num_samples=num_samples, estimator=estimator,
+                                           baseline=baseline, chunk_size=chunk_size)
+    return {"mean": mean, "variance": variance, "num_samples": num_samples}
+
+
+def row_moments(rows) -> dict:
+    """The dict of :func:`vae_encoder_grad_moments` for rows already in memory (num_samples, P)."""
+    rows = jnp.asarray(rows)
+    if rows.ndim != 2 or rows.shape[0] < 2:
+        raise ValueError(f"rows must have shape (num_samples >= 2, P); got {tuple(rows.shape)}.")
+    return {"mean": jnp.mean(rows, axis=0), "variance": jnp.var(rows, axis=0, ddof=1),
+            "num_samples": rows.shape[0]}
+
+
+def gradient_summary(moments: dict, signal_norm: float | None = None) -> dict:
+    """Total variance and signal-to-noise ratio of a single-sample gradient estimator g.
+
+    ``moments`` is the dict of :func:`vae_encoder_grad_moments` or :func:`row_moments`.
+    Returns a dict of floats:
+
+    * ``total_variance``: tr Cov[g] = E||g - E g||^2, the sum of per-parameter variances;
+    * ``signal_norm``: ||E g||, the norm of the true gradient. Estimated from the moments
+      with the upward bias of ||mean||^2 removed (E||mean||^2 = ||E g||^2 + tr Cov / n), unless
+      given: unbiased estimators share E g, so the norm measured with a low-variance one
+      (the pathwise) can be passed here for a noisy one;
+    * ``snr``: ||E g|| / sqrt(tr Cov[g]): above 1 a single-sample gradient points mostly
+      along the true gradient, below 1 it is mostly noise.
+    """
+    mean, variance, n = moments["mean"], moments["variance"], moments["num_samples"]
+    total_variance = float(jnp.sum(variance))
+    if signal_norm is None:
+        signal_norm = max(float(jnp.sum(mean ** 2)) - total_variance / n, 0.0) ** 0.5
+    snr = signal_norm / total_variance ** 0.5 if total_variance > 0 else float("inf")
+    return {"total_variance": total_variance, "signal_norm": float(signal_norm), "snr": snr}
