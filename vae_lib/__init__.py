@@ -4,8 +4,7 @@ One concept per module: ``data`` (Fashion-MNIST and batching), ``models`` (Flax 
 networks), ``objectives`` (log-densities, KL, ELBO, importance-weighted bound),
 ``linear_gaussian`` (an exactly solvable latent model), ``estimators`` (score-function and
 pathwise gradient estimators), ``training`` (jitted Optax steps), ``checkpoint`` (saving
-parameters),
-``plotting`` (figures), ``exercises`` (check functions for the notebooks' exercises).
+parameters), ``plotting`` (figures), ``exercises`` (check functions for the notebooks' exercises).
 """
 
 __version__ = "0.1.0"
