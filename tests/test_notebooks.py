@@ -103,12 +103,13 @@ def test_every_figure_cell_sets_a_title_and_axis_labels_or_uses_vae_lib_plotting
             f"figure without axis labels: {src[:80]!r}"
 
 
-def test_every_figure_is_followed_or_preceded_by_words(notebook):
+def test_every_figure_has_words_next_to_it(notebook):
+    """A markdown cell within two cells of each figure says what to see in it."""
     cells = _cells(notebook)
     for i, cell in enumerate(cells):
         if cell["cell_type"] != "code":
             continue
         if any("image/png" in o.get("data", {}) for o in cell.get("outputs", [])):
-            near = [cells[j] for j in (i - 1, i + 1) if 0 <= j < len(cells)]
+            near = [cells[j] for j in (i - 2, i - 1, i + 1, i + 2) if 0 <= j < len(cells)]
             assert any(c["cell_type"] == "markdown" for c in near), \
                 f"a figure with no explanation next to it: {_text(cell)[:80]!r}"
