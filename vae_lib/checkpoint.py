@@ -1,0 +1,88 @@
+"""Save and load a model's parameters: one msgpack file (flax.serialization), no framework.
+
+The file holds the parameters as a flat mapping ``"encoder/body/layers/0/kernel" -> array``
+and a small JSON ``info`` dictionary (what built the model, its training history...).
+Loading writes the arrays into an existing model of the same architecture, checking every
+name and shape, so a mismatch fails with a message instead of a silently broken model::
+
+    checkpoint.save("artifacts/vae.msgpack", model, info={"latent": 20})
+    model = VAE(latent=checkpoint.read_info("artifacts/vae.msgpack")["latent"], rngs=nnx.Rngs(0))
+    checkpoint.load("artifacts/vae.msgpack", model)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, serialization, traverse_util
+
+FORMAT = "vae_lib-checkpoint-1"
+
+
+def _flat_params(model: nnx.Module) -> dict[str, object]:
+    pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return {"/".join(map(str, k)): v for k, v in traverse_util.flatten_dict(pure).items()}
+
+
+def save(path: str | os.PathLike, model: nnx.Module, *, info: dict | None = None,
+         dtype=None) -> Path:
+    """Write `model`'s parameters (and the JSON-serialisable `info`) to `path`.
+
+    ``dtype=np.float16`` halves the file (for a repository); loading casts back to the
+    model's dtype, which changes the parameters by about 1e-3 relative. Folders are
+    created as needed; the file is written whole or not at all. Returns the path.
+    """
+    params = {}
+    for name, value in _flat_params(model).items():
+        a = np.asarray(value)
+        params[name] = a.astype(dtype) if dtype is not None and np.issubdtype(a.dtype, np.floating) else a
+    blob = serialization.msgpack_serialize({"format": FORMAT, "params": params,
+                                            "info": json.dumps(info or {})})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_bytes(blob)
+    tmp.replace(path)
+    return path
+
+
+def _read(path: str | os.PathLike) -> dict:
+    raw = serialization.msgpack_restore(Path(path).read_bytes())
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a vae_lib checkpoint (format {FORMAT}).")
+    return raw
+
+
+def read_info(path: str | os.PathLike) -> dict:
+    """The `info` dictionary stored with the parameters."""
+    return json.loads(_read(path)["info"])
+
+
+def load(path: str | os.PathLike, model: nnx.Module) -> dict:
+    """Load the parameters in `path` into `model` (in place); return the stored `info`.
+
+    Every parameter of the model must be in the file with the same shape, and the file
+    must hold no other: otherwise a ValueError names the first difference.
+    """
+    raw = _read(path)
+    stored = raw["params"]
+    current = _flat_params(model)
+    missing = sorted(set(current) - set(stored))
+    extra = sorted(set(stored) - set(current))
+    if missing or extra:
+        raise ValueError(f"{path} does not fit this model: missing {missing[:3]}, "
+                         f"unexpected {extra[:3]}. Build the model with the sizes in read_info().")
+    for name, value in current.items():
+        if tuple(stored[name].shape) != tuple(value.shape):
+            raise ValueError(f"{path}: parameter {name} has shape {tuple(stored[name].shape)} in "
+                             f"the file but {tuple(value.shape)} in the model.")
+    loaded = {tuple(int(p) if p.isdigit() else p for p in name.split("/")):
+              jnp.asarray(stored[name], dtype=current[name].dtype) for name in current}
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(loaded))
+    nnx.update(model, state)
+    return json.loads(raw["info"])
