@@ -43,7 +43,7 @@ nbval: setup data
 run: setup data
 	@for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb"; \
-	  $(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=900 $$nb || exit 1; \
+	  $(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=900 --ExecutePreprocessor.record_timing=False $$nb || exit 1; \
 	done
 
 bench: setup data
