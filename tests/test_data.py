@@ -201,3 +201,15 @@ def test_batches_cover_every_example_once_and_follow_the_key():
 def test_batches_drop_the_incomplete_last_batch_by_default():
     assert [len(b) for b in data.batch_indices(jax.random.key(0), 250, 100)] == [100, 100]
     assert [len(b) for b in data.batch_indices(jax.random.key(0), 250, 100, drop_last=False)] == [100, 100, 50]
+
+
+def test_batch_iterator_keeps_images_and_labels_together(fashion_test):
+    images, labels = fashion_test[0][:1000], fashion_test[1][:1000]
+    seen = 0
+    for x, y in data.iterate_batches(jax.random.key(0), images, 100, labels=labels):
+        assert x.shape == (100, 28, 28) and y.shape == (100,)
+        # each image in the batch is the one its label came with in the original order
+        idx = [int(np.flatnonzero((images == img).all(axis=(1, 2)))[0]) for img in x[:5]]
+        assert labels[idx].tolist() == y[:5].tolist()
+        seen += len(x)
+    assert seen == 1000
