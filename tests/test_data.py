@@ -213,3 +213,20 @@ def test_batch_iterator_keeps_images_and_labels_together(fashion_test):
         assert labels[idx].tolist() == y[:5].tolist()
         seen += len(x)
     assert seen == 1000
+
+
+def test_make_data_reports_ready_when_the_files_are_there(tmp_path, monkeypatch, capsys):
+    _copy_split(tmp_path, "train")
+    _copy_split(tmp_path, "test")
+    monkeypatch.setenv("VAE_LIB_DATA_DIR", str(tmp_path))
+    assert data._fetch_main() == 0
+    assert f"verified (IDX files in {tmp_path})" in capsys.readouterr().out
+
+
+def test_make_data_fails_with_the_remedies_when_a_local_file_is_corrupt(tmp_path, monkeypatch, capsys):
+    _copy_split(tmp_path, "train")
+    _copy_split(tmp_path, "test")
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip")
+    monkeypatch.setenv("VAE_LIB_DATA_DIR", str(tmp_path))
+    assert data._fetch_main() == 1
+    assert "dataset-fashion-mnist" in capsys.readouterr().err

@@ -281,36 +281,49 @@ def iterate_batches(key, images: np.ndarray, batch_size: int, labels: np.ndarray
         yield images[idx] if labels is None else (images[idx], labels[idx])
 
 
-def _fetch_main() -> int:
-    """`python -m vae_lib.data` (what `make data` runs): make Fashion-MNIST available."""
-    import shutil
+def _local_folder() -> Path | None:
+    """The first local folder that holds all four IDX files (found by name, not decoded)."""
+    for folder in local_dirs():
+        if all(_find(folder, stem) for pair in _FILES.values() for stem in pair):
+            return folder
+    return None
+
+
+def _install_debian_package() -> bool:
+    """apt-get install dataset-fashion-mnist (refreshing the package lists if needed)."""
     import subprocess
+
+    install = ["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"]
+    return (subprocess.run(install).returncode == 0 or
+            (subprocess.run(["apt-get", "update", "-qq"]).returncode == 0 and
+             subprocess.run(install).returncode == 0))
+
+
+def _fetch_main() -> int:
+    """`python -m vae_lib.data` (what `make data` runs): make Fashion-MNIST available.
+
+    Nothing to do if local files are there; else Debian's package (as root, with apt);
+    else tensorflow-datasets. Either way each split is loaded once, which verifies it.
+    """
+    import shutil
     import sys
 
-    if all(_load_local(s) is not None for s in _FILES):
-        for s in _FILES:
-            load_fashion_mnist(s)  # verifies the digest
-        print(f"Fashion-MNIST is ready (local IDX files in {_load_local('train')[2]}).")
-        return 0
-    if not os.environ.get("VAE_LIB_DATA_DIR") and shutil.which("apt-get") and os.geteuid() == 0:
+    folder = _local_folder()
+    if (folder is None and not os.environ.get("VAE_LIB_DATA_DIR") and shutil.which("apt-get")
+            and os.geteuid() == 0):
         print("Installing Debian's package dataset-fashion-mnist ...", flush=True)
-        ok = subprocess.run(["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"]).returncode == 0
-        if not ok:
-            ok = (subprocess.run(["apt-get", "update", "-qq"]).returncode == 0 and
-                  subprocess.run(["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"]).returncode == 0)
-        if ok and all(_load_local(s) is not None for s in _FILES):
-            for s in _FILES:
-                load_fashion_mnist(s)
-            print(f"Fashion-MNIST is ready (from the Debian package, {DEBIAN_DIR}).")
-            return 0
-    print("Fetching Fashion-MNIST through tensorflow-datasets ...", flush=True)
+        if _install_debian_package():
+            folder = _local_folder()
+    if folder is None:
+        print("Fetching Fashion-MNIST through tensorflow-datasets ...", flush=True)
     try:
-        for s in _FILES:
-            load_fashion_mnist(s)
+        for split in _FILES:
+            load_fashion_mnist(split)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"Fashion-MNIST is ready (downloaded by tfds; cached in {local_dirs()[-1] if not os.environ.get('VAE_LIB_DATA_DIR') else local_dirs()[0]}).")
+    where = folder if folder is not None else _local_folder()
+    print(f"Fashion-MNIST is ready and verified (IDX files in {where}).")
     return 0
 
 
