@@ -11,7 +11,7 @@ PORT   ?= 8888
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup data lab test unit nbval run bench footprint clean
+.PHONY: setup data lab test test-portable unit nbval run bench footprint claims clean
 
 # The pinned environment and vae_lib (editable). Re-runs when the pins change.
 $(STAMP): pyproject.toml requirements.lock
@@ -33,6 +33,17 @@ lab: setup data
 test: setup data
 	$(BIN)/python -m pytest tests $(NOTEBOOKS) $(NBVAL)
 
+# Strict nbval again, as other machines would run it: XLA compiling for an older instruction
+# set, then one core with another OpenBLAS core type. Stored outputs must pass on any machine.
+ARCH := $(shell uname -m)
+PORTABLE_ISA := $(if $(filter aarch64 arm64,$(ARCH)),NEON,SSE4_2)
+PORTABLE_BLAS := $(if $(filter x86_64,$(ARCH)),OPENBLAS_CORETYPE=Prescott,)
+test-portable: setup data
+	@echo "== strict nbval with XLA_FLAGS=--xla_cpu_max_isa=$(PORTABLE_ISA)"
+	XLA_FLAGS=--xla_cpu_max_isa=$(PORTABLE_ISA) $(BIN)/python -m pytest $(NOTEBOOKS) $(NBVAL)
+	@echo "== strict nbval on one core (taskset -c 0) $(PORTABLE_BLAS)"
+	$(PORTABLE_BLAS) taskset -c 0 $(BIN)/python -m pytest $(NOTEBOOKS) $(NBVAL)
+
 unit: setup data
 	$(BIN)/python -m pytest tests
 
@@ -40,17 +51,20 @@ nbval: setup data
 	$(BIN)/python -m pytest $(NOTEBOOKS) $(NBVAL)
 
 # Execute every notebook headless, in place, in order: this refreshes the stored outputs.
+# A second run on the same machine changes nothing (tools/run_notebook.py says how); cells
+# tagged `timings` keep their stored measurements unless TIMINGS=1.
 run: setup data
-	@for nb in $(NOTEBOOKS); do \
-	  echo "== $$nb"; \
-	  $(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=900 --ExecutePreprocessor.record_timing=False $$nb || exit 1; \
-	done
+	$(BIN)/python tools/run_notebook.py $(if $(TIMINGS),--timings,) $(NOTEBOOKS)
 
 bench: setup data
 	$(BIN)/python benchmarks/train_throughput.py
 
 footprint: setup data
 	$(BIN)/python benchmarks/notebook_footprint.py
+
+# How far each number the notebooks' text states moves across settings (see vae_lib/claims.py).
+claims: setup data
+	$(BIN)/python benchmarks/claim_spread.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache artifacts

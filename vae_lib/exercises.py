@@ -13,7 +13,7 @@ import numpy as np
 
 def _fmt(x) -> str:
     a = np.asarray(x)
-    return f"{float(a):.6g}" if a.size == 1 else np.array2string(a, precision=4, threshold=6)
+    return f"{float(a):.5g}" if a.size == 1 else np.array2string(a, precision=4, threshold=6)
 
 
 def check_value(answer, expected, what: str, rtol: float = 1e-4, atol: float = 1e-6,
