@@ -11,7 +11,7 @@ PORT   ?= 8888
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup data lab test test-portable unit nbval run bench footprint claims clean
+.PHONY: setup data lab lint test test-portable unit nbval run bench footprint claims clean
 
 # The pinned environment and vae_lib (editable). Re-runs when the pins change.
 $(STAMP): pyproject.toml requirements.lock
@@ -44,8 +44,14 @@ test-portable: setup data
 	@echo "== strict nbval on one core (taskset -c 0) $(PORTABLE_BLAS)"
 	$(PORTABLE_BLAS) taskset -c 0 $(BIN)/python -m pytest $(NOTEBOOKS) $(NBVAL)
 
+# The fast part of tests/ (seconds per test): no fresh venv, no browser, no planted-bug nbval runs.
 unit: setup data
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -m "not slow"
+
+# Ruff: lint rules and formatting of vae_lib, tests, benchmarks and tools (pyproject.toml).
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 nbval: setup data
 	$(BIN)/python -m pytest $(NOTEBOOKS) $(NBVAL)

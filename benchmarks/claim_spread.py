@@ -57,16 +57,29 @@ def run_setting(name: str, notebooks: list[Path]) -> None:
         part = folder / f"{nb.stem}.jsonl"
         part.unlink(missing_ok=True)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", VAE_LIB_CLAIMS_LOG=str(part), **env_extra)
-        cmd = prefix + [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
-                        "--allow-errors", "--ExecutePreprocessor.timeout=1800",
-                        "--output-dir", str(folder), "--output", nb.name, str(nb)]
+        cmd = prefix + [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "nbconvert",
+            "--to",
+            "notebook",
+            "--execute",
+            "--allow-errors",
+            "--ExecutePreprocessor.timeout=1800",
+            "--output-dir",
+            str(folder),
+            "--output",
+            nb.name,
+            str(nb),
+        ]
         t0 = time.perf_counter()
         done = subprocess.run(cmd, cwd=NOTEBOOKS, env=env, capture_output=True, text=True)
         print(f"[{name}] {nb.name}: exit {done.returncode}, {time.perf_counter() - t0:.0f} s", flush=True)
         if done.returncode:
             print(done.stderr[-2000:], file=sys.stderr)
         with open(log, "a") as f:
-            for line in (part.read_text().splitlines() if part.exists() else []):
+            for line in part.read_text().splitlines() if part.exists() else []:
                 f.write(json.dumps(dict(json.loads(line), notebook=nb.name)) + "\n")
         part.unlink(missing_ok=True)
 
@@ -110,8 +123,11 @@ def main() -> int:
     parser.add_argument("--notebooks", nargs="*", default=[], help="notebook name prefixes, e.g. 01 02")
     parser.add_argument("--summarise-only", action="store_true")
     args = parser.parse_args()
-    notebooks = sorted(p for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")
-                       if not args.notebooks or any(p.name.startswith(n) for n in args.notebooks))
+    notebooks = sorted(
+        p
+        for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")
+        if not args.notebooks or any(p.name.startswith(n) for n in args.notebooks)
+    )
     if not args.summarise_only:
         if "one-core" in args.settings and shutil.which("taskset") is None:
             sys.exit("taskset (util-linux) is needed for the one-core setting")

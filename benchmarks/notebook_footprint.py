@@ -70,8 +70,12 @@ def main() -> int:
     for p in paths:
         row = run_one(p)
         if taskset:
-            out = subprocess.run([taskset, "-c", "0", sys.executable, __file__, "--single", str(p)],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [taskset, "-c", "0", sys.executable, __file__, "--single", str(p)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             one = json.loads(out.stdout.strip().splitlines()[-1])
             row["seconds_one_core"] = one["seconds"]
             row["peak_rss_mb"] = max(row["peak_rss_mb"], one["peak_rss_mb"])

@@ -54,8 +54,8 @@ from vae_lib.objectives import vae_elbo
 
 BATCH = 128
 LEARNING_RATE = 1e-3
-ROUNDS = 5            # timed rounds after the warm-up
-EAGER_STEPS = 25      # steps per round for the eager step (it runs at about 1/12 the speed)
+ROUNDS = 5  # timed rounds after the warm-up
+EAGER_STEPS = 25  # steps per round for the eager step (it runs at about 1/12 the speed)
 SEED = 0
 
 
@@ -70,8 +70,7 @@ def matmul_rate(shapes, seconds: float = 1.0) -> float:
     Takes about `seconds` in all (five timed repeats and a short calibration).
     """
     rng = np.random.default_rng(0)
-    mats = [(rng.standard_normal(a, dtype=np.float32), rng.standard_normal(b, dtype=np.float32))
-            for a, b in shapes]
+    mats = [(rng.standard_normal(a, dtype=np.float32), rng.standard_normal(b, dtype=np.float32)) for a, b in shapes]
     flops = sum(2 * a[0] * a[1] * b[1] for a, b in shapes)
     for a, b in mats:  # warm-up (threads, caches)
         a @ b
@@ -100,12 +99,15 @@ def step_matmul_shapes(batch: int = BATCH, d: int = 784, h: int = 400, z: int = 
     G W^T of every layer but the first (its input is the data). Their FLOPs, 2 m k n
     each, add up to 128 x vae_lib.training.step_matmul_flops() = 128 x 3,280,000.
     """
-    fwd = [((batch, d), (d, h)), ((batch, h), (h, z)), ((batch, h), (h, z)),
-           ((batch, z), (z, h)), ((batch, h), (h, d))]
-    weight_grads = [((d, batch), (batch, h)), ((h, batch), (batch, z)), ((h, batch), (batch, z)),
-                    ((z, batch), (batch, h)), ((h, batch), (batch, d))]
-    input_grads = [((batch, z), (z, h)), ((batch, z), (z, h)),
-                   ((batch, h), (h, z)), ((batch, d), (d, h))]
+    fwd = [((batch, d), (d, h)), ((batch, h), (h, z)), ((batch, h), (h, z)), ((batch, z), (z, h)), ((batch, h), (h, d))]
+    weight_grads = [
+        ((d, batch), (batch, h)),
+        ((h, batch), (batch, z)),
+        ((h, batch), (batch, z)),
+        ((z, batch), (batch, h)),
+        ((h, batch), (batch, d)),
+    ]
+    input_grads = [((batch, z), (z, h)), ((batch, z), (z, h)), ((batch, h), (h, z)), ((batch, d), (d, h))]
     return fwd + weight_grads + input_grads
 
 
@@ -146,7 +148,7 @@ jit_donate_step = jax.jit(functional_step, static_argnums=(0, 1), donate_argnums
 def scan_epoch(graphdef, tx, params, opt_state, images, k_perm, k_steps):
     """A whole epoch in one program: shuffle, gather uint8 batches, scan the step."""
     n_steps = images.shape[0] // BATCH
-    order = jax.random.permutation(k_perm, images.shape[0])[:n_steps * BATCH]
+    order = jax.random.permutation(k_perm, images.shape[0])[: n_steps * BATCH]
     batches = images[order].reshape(n_steps, BATCH, *images.shape[1:])  # uint8: 47 MB
 
     def body(carry, xs):
@@ -155,8 +157,7 @@ def scan_epoch(graphdef, tx, params, opt_state, images, k_perm, k_steps):
         params, opt_state, loss = functional_step(graphdef, tx, params, opt_state, batch, k_steps, i)
         return (params, opt_state), loss
 
-    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state),
-                                               (batches, jnp.arange(n_steps)))
+    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), (batches, jnp.arange(n_steps)))
     return params, opt_state, jnp.mean(losses)
 
 
@@ -187,25 +188,27 @@ class Runner:
         n_steps = steps or len(self.images) // BATCH
         t0 = time.perf_counter()
         if self.name == "vae_lib":
-            images = self.images_dev if steps is None else self.images_dev[:n_steps * BATCH]
+            images = self.images_dev if steps is None else self.images_dev[: n_steps * BATCH]
             self.state, _ = training.train_epoch(self.state, images, key, BATCH)
             jax.block_until_ready(self.state.params)
         elif self.name == "scan_epoch":
-            images = self.images_dev if steps is None else self.images_dev[:n_steps * BATCH]
-            self.params, self.opt_state, loss = scan_epoch(self.graphdef, self.tx, self.params,
-                                                           self.opt_state, images, k_perm, k_steps)
+            images = self.images_dev if steps is None else self.images_dev[: n_steps * BATCH]
+            self.params, self.opt_state, loss = scan_epoch(
+                self.graphdef, self.tx, self.params, self.opt_state, images, k_perm, k_steps
+            )
             loss.block_until_ready()
         else:
             order = np.asarray(jax.random.permutation(k_perm, len(self.images)))
             for i in range(n_steps):
-                batch = self.images[order[i * BATCH:(i + 1) * BATCH]]
+                batch = self.images[order[i * BATCH : (i + 1) * BATCH]]
                 if self.name == "eager":
                     loss = nnx_step(self.model, self.optimizer, batch, k_steps, i)
                 elif self.name == "nnx_jit":
                     loss = nnx_jit_step(self.model, self.optimizer, batch, k_steps, i)
                 else:
                     self.params, self.opt_state, loss = jit_donate_step(
-                        self.graphdef, self.tx, self.params, self.opt_state, batch, k_steps, i)
+                        self.graphdef, self.tx, self.params, self.opt_state, batch, k_steps, i
+                    )
             loss.block_until_ready()
         return n_steps * BATCH / (time.perf_counter() - t0)
 
@@ -242,16 +245,23 @@ def main() -> None:
     # small products such as 128x20 @ 20x400 cannot reach that peak on any library.
     rate, best_peak = max(at_shapes), max(peak)
     ceiling = rate * 1e9 / flops
-    emit(matmul_gflops=round(rate, 1), ceiling_images_per_s=round(ceiling),
-         flops_per_image=flops, matmul_shapes="the step's 14 products at batch 128",
-         peak_gflops_2048=round(best_peak, 1),
-         ceiling_at_peak_images_per_s=round(best_peak * 1e9 / flops))
-    emit(vae_lib_fraction_of_ceiling=round(medians["vae_lib"] / ceiling, 3),
-         vae_lib_fraction_of_peak_ceiling=round(medians["vae_lib"] * flops / (best_peak * 1e9), 3),
-         vae_lib_over_eager=round(medians["vae_lib"] / medians["eager"], 1),
-         load_avg_before=[round(x, 2) for x in load_before],
-         load_avg_after=[round(x, 2) for x in os.getloadavg()],
-         cpus=os.cpu_count(), seconds=round(time.perf_counter() - t_start, 1))
+    emit(
+        matmul_gflops=round(rate, 1),
+        ceiling_images_per_s=round(ceiling),
+        flops_per_image=flops,
+        matmul_shapes="the step's 14 products at batch 128",
+        peak_gflops_2048=round(best_peak, 1),
+        ceiling_at_peak_images_per_s=round(best_peak * 1e9 / flops),
+    )
+    emit(
+        vae_lib_fraction_of_ceiling=round(medians["vae_lib"] / ceiling, 3),
+        vae_lib_fraction_of_peak_ceiling=round(medians["vae_lib"] * flops / (best_peak * 1e9), 3),
+        vae_lib_over_eager=round(medians["vae_lib"] / medians["eager"], 1),
+        load_avg_before=[round(x, 2) for x in load_before],
+        load_avg_after=[round(x, 2) for x in os.getloadavg()],
+        cpus=os.cpu_count(),
+        seconds=round(time.perf_counter() - t_start, 1),
+    )
 
 
 if __name__ == "__main__":

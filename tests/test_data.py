@@ -115,10 +115,14 @@ def test_offline_without_local_files_fails_fast_naming_both_remedies(tmp_path):
         except data.DataError as e:
             print("DATAERROR:", e)
     """)
-    env = dict(os.environ, VAE_LIB_DATA_DIR=str(empty), TFDS_DATA_DIR=str(tmp_path / "tfds"),
-               HOME=str(tmp_path), TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                         text=True, timeout=120, cwd=REPO)
+    env = dict(
+        os.environ,
+        VAE_LIB_DATA_DIR=str(empty),
+        TFDS_DATA_DIR=str(tmp_path / "tfds"),
+        HOME=str(tmp_path),
+        TF_CPP_MIN_LOG_LEVEL="3",
+    )
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert "DATAERROR:" in out.stdout, out.stderr[-2000:]
     assert "offline" in out.stdout
     assert "dataset-fashion-mnist" in out.stdout and "internet" in out.stdout
@@ -135,8 +139,7 @@ def _real_test_split_as_tfds(fashion_test):
     images, labels = fashion_test
 
     def as_dataset(self, *args, **kwargs):
-        return tf.data.Dataset.from_tensor_slices(
-            {"image": images[..., None], "label": labels.astype(np.int64)})
+        return tf.data.Dataset.from_tensor_slices({"image": images[..., None], "label": labels.astype(np.int64)})
 
     return as_dataset
 

@@ -54,8 +54,11 @@ def test_environment_yml_uses_python_3_11_from_conda_forge():
 
 
 def test_lock_file_agrees_with_every_pin():
-    lock = _pins(line for line in (REPO / "requirements.lock").read_text().splitlines()
-                 if line.strip() and not line.startswith("#"))
+    lock = _pins(
+        line
+        for line in (REPO / "requirements.lock").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
     for name, version in pyproject_pins().items():
         assert lock.get(name) == version, f"{name}: pyproject {version}, lock {lock.get(name)}"
 
@@ -68,12 +71,25 @@ def test_binder_files_install_the_package_and_name_the_offline_data():
 
 
 def _index_reachable() -> bool:
-    out = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d",
-                          str(REPO / "artifacts" / "pip-probe"),
-                          "tqdm==4.70.1"], capture_output=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "-q",
+            "-d",
+            str(REPO / "artifacts" / "pip-probe"),
+            "tqdm==4.70.1",
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     return out.returncode == 0
 
 
+@pytest.mark.slow
 def test_fresh_environment_built_like_binder_imports_vae_lib(tmp_path):
     """Build a venv from environment.yml's pip list, then `pip install -e .` as postBuild does."""
     if not _index_reachable():
@@ -85,9 +101,11 @@ def test_fresh_environment_built_like_binder_imports_vae_lib(tmp_path):
     reqs.write_text("\n".join(environment_pip_list()) + "\n")
     subprocess.run([py, "-m", "pip", "install", "-q", "-r", str(reqs)], check=True, timeout=1200)
     subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "-e", str(REPO)], check=True, timeout=300)
-    probe = ("import vae_lib, vae_lib.models, vae_lib.training, vae_lib.objectives;"
-             "from vae_lib.data import load_fashion_mnist as f;"
-             "x, y = f('test'); print(x.shape, y[:3].tolist(), vae_lib.__file__)")
+    probe = (
+        "import vae_lib, vae_lib.models, vae_lib.training, vae_lib.objectives;"
+        "from vae_lib.data import load_fashion_mnist as f;"
+        "x, y = f('test'); print(x.shape, y[:3].tolist(), vae_lib.__file__)"
+    )
     out = subprocess.run([py, "-c", probe], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "(10000, 28, 28) [9, 2, 1]" in out.stdout

@@ -40,8 +40,8 @@ def _variance_and_se(g):
     """Sample variance of g and its standard error sqrt((m4 - v^2) / n)."""
     g = np.asarray(g, np.float64)
     c = g - g.mean()
-    v = np.mean(c ** 2)
-    return v, np.sqrt((np.mean(c ** 4) - v ** 2) / len(g))
+    v = np.mean(c**2)
+    return v, np.sqrt((np.mean(c**4) - v**2) / len(g))
 
 
 @pytest.mark.parametrize("estimator", list(SAMPLERS))
@@ -56,10 +56,11 @@ def test_estimator_is_unbiased_for_analytic_cost(estimator, cost):
 
 
 def test_rows_have_shape_num_samples_by_mean_shape():
-    d_mean, d_std = est.pathwise_samples(lambda x: jnp.sum(x ** 2), jnp.zeros((2, 3)),
-                                         jnp.ones((2, 3)), jax.random.key(0), 7)
+    d_mean, d_std = est.pathwise_samples(
+        lambda x: jnp.sum(x**2), jnp.zeros((2, 3)), jnp.ones((2, 3)), jax.random.key(0), 7
+    )
     assert d_mean.shape == d_std.shape == (7, 2, 3)
-    d_mean, d_std = est.score_function_samples(lambda x: x ** 2, 0.0, 1.0, jax.random.key(0), 5)
+    d_mean, d_std = est.score_function_samples(lambda x: x**2, 0.0, 1.0, jax.random.key(0), 5)
     assert d_mean.shape == d_std.shape == (5,)
 
 
@@ -71,12 +72,12 @@ def test_score_function_uses_gaussian_scores_on_paired_noise():
     sc_mean, sc_std = est.score_function_samples(f_const, MEAN, STD, jax.random.key(1), N)
     eps = est.pathwise_samples(f_lin, MEAN, STD, jax.random.key(1), N)[1] / W
     np.testing.assert_allclose(sc_mean, 3 * eps / STD, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(sc_std, 3 * (eps ** 2 - 1) / STD, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(sc_std, 3 * (eps**2 - 1) / STD, rtol=1e-4, atol=1e-3)
 
 
 def test_cost_must_return_a_scalar():
     with pytest.raises(ValueError, match="scalar"):
-        est.pathwise_samples(lambda x: x ** 2, MEAN, STD, jax.random.key(0), 4)
+        est.pathwise_samples(lambda x: x**2, MEAN, STD, jax.random.key(0), 4)
 
 
 def test_std_must_be_positive():
@@ -96,14 +97,18 @@ def test_closed_form_variances_equal_gauss_hermite_quadrature(mu, sigma, k, b):
     w = w / w.sum()
     x = mu + sigma * t
     f = (x - k) ** 2 - b
-    rows = {"score_mu": f * t / sigma, "score_sigma": f * (t ** 2 - 1) / sigma,
-            "pathwise_mu": 2 * (x - k), "pathwise_sigma": 2 * (x - k) * t}
+    rows = {
+        "score_mu": f * t / sigma,
+        "score_sigma": f * (t**2 - 1) / sigma,
+        "pathwise_mu": 2 * (x - k),
+        "pathwise_sigma": 2 * (x - k) * t,
+    }
     exact = est.gaussian_quadratic_variances(mu, sigma, k, b)
     grads = est.gaussian_quadratic_gradients(mu, sigma, k)
     for name, g in rows.items():
         m = np.sum(w * g)
         np.testing.assert_allclose(m, grads[0] if name.endswith("mu") else grads[1], atol=1e-9)
-        np.testing.assert_allclose(np.sum(w * g ** 2) - m ** 2, exact[name], rtol=1e-9)
+        np.testing.assert_allclose(np.sum(w * g**2) - m**2, exact[name], rtol=1e-9)
 
 
 def test_closed_form_variances_in_two_dimensions_equal_quadrature():
@@ -114,9 +119,9 @@ def test_closed_form_variances_in_two_dimensions_equal_quadrature():
     ww = np.outer(w, w)
     f = (mu + sigma * t1 - k) ** 2 + (mu + sigma * t2 - k) ** 2 - b
     exact = est.gaussian_quadratic_variances(mu, sigma, k, b, dim=2)
-    for name, g in (("score_mu", f * t1 / sigma), ("score_sigma", f * (t1 ** 2 - 1) / sigma)):
+    for name, g in (("score_mu", f * t1 / sigma), ("score_sigma", f * (t1**2 - 1) / sigma)):
         m = np.sum(ww * g)
-        np.testing.assert_allclose(np.sum(ww * g ** 2) - m ** 2, exact[name], rtol=1e-9)
+        np.testing.assert_allclose(np.sum(ww * g**2) - m**2, exact[name], rtol=1e-9)
 
 
 @pytest.mark.parametrize("mu,sigma,k,b,dim", [(1.0, 1.0, 3.0, 2.0, 1), (0.0, 0.8, 0.5, 0.0, 4)])
@@ -127,8 +132,7 @@ def test_closed_form_variances_match_monte_carlo(mu, sigma, k, b, dim):
     sm, ss = est.score_function_samples(f, mean, std, key, 200_000, baseline=b)
     pm, ps = est.pathwise_samples(f, mean, std, key, 200_000)
     exact = est.gaussian_quadratic_variances(mu, sigma, k, b, dim)
-    for name, g in (("score_mu", sm), ("score_sigma", ss), ("pathwise_mu", pm),
-                    ("pathwise_sigma", ps)):
+    for name, g in (("score_mu", sm), ("score_sigma", ss), ("pathwise_mu", pm), ("pathwise_sigma", ps)):
         v, se = _variance_and_se(g[:, 0])
         assert se < 0.05 * exact[name]
         assert abs(v - exact[name]) < 5 * se, name
@@ -145,12 +149,13 @@ def test_optimal_baselines_minimise_the_closed_form_variances():
 
 # ----- baselines -----
 
+
 def test_baseline_leaves_the_mean_unchanged():
     f, exact_mean, exact_std = COSTS["quadratic"]
     key = jax.random.key(11)
     plain = est.score_function_samples(f, MEAN, STD, key, N)
     based = est.score_function_samples(f, MEAN, STD, key, N, baseline=5.0)
-    for a, b, exact in zip(plain, based, (exact_mean, exact_std)):
+    for a, b, exact in zip(plain, based, (exact_mean, exact_std), strict=False):
         diff = b - a  # paired: the same x in both, so this is -5 * score
         assert np.all(np.abs(np.asarray(diff.mean(0))) < 5 * _se(diff) + 1e-6)
         assert np.all(np.abs(np.asarray(b.mean(0)) - exact) < 5 * _se(b))
@@ -163,11 +168,12 @@ def test_baseline_near_the_mean_cost_lowers_the_variance():
     b = float(est.gaussian_quadratic_expectation(1.0, 1.0, 5.0))
     plain = est.score_function_samples(f, 1.0, 1.0, key, 50_000)
     based = est.score_function_samples(f, 1.0, 1.0, key, 50_000, baseline=b)
-    for a, c in zip(plain, based):
+    for a, c in zip(plain, based, strict=False):
         assert float(jnp.var(c)) < 0.6 * float(jnp.var(a))
 
 
 # ----- the VAE -----
+
 
 def _tiny_vae():
     return VAE(in_features=8, hidden=6, latent=2, rngs=nnx.Rngs(0))
@@ -185,9 +191,10 @@ VAE_VARIANTS = [("pathwise", 0.0), ("score", 0.0), ("score", "batch"), ("score",
 def vae_rows():
     """Encoder-gradient rows of the tiny VAE for each estimator, computed once."""
     model, x = _tiny_vae(), _tiny_batch()
-    return {(e, b): est.vae_encoder_grads(model, x, jax.random.key(i), VAE_SAMPLES, e, b,
-                                          chunk_size=None)
-            for i, (e, b) in enumerate(VAE_VARIANTS)}
+    return {
+        (e, b): est.vae_encoder_grads(model, x, jax.random.key(i), VAE_SAMPLES, e, b, chunk_size=None)
+        for i, (e, b) in enumerate(VAE_VARIANTS)
+    }
 
 
 def test_vae_encoder_grads_has_one_row_per_sample_and_one_column_per_encoder_parameter(vae_rows):
@@ -207,8 +214,10 @@ def test_vae_score_and_pathwise_means_agree_within_monte_carlo_error(vae_rows, b
 
 
 def test_vae_score_baselines_lower_the_encoder_gradient_variance(vae_rows):
-    tv = {b: est.gradient_summary(est.row_moments(vae_rows[("score", b)]))["total_variance"]
-          for b in (0.0, "batch", "posterior_mean")}
+    tv = {
+        b: est.gradient_summary(est.row_moments(vae_rows[("score", b)]))["total_variance"]
+        for b in (0.0, "batch", "posterior_mean")
+    }
     assert tv["posterior_mean"] < 0.5 * tv[0.0]
     assert tv["batch"] < tv[0.0]
 
@@ -219,8 +228,7 @@ def surrogate():
     model, x, key = _tiny_vae(), _tiny_batch(), jax.random.key(9)
     graphdef, params = nnx.split(model)
     loss_fn = functools.partial(est.score_function_loss, baseline="posterior_mean")
-    grads, metrics = jax.jit(jax.grad(loss_fn, has_aux=True), static_argnums=1)(params, graphdef,
-                                                                                  x, key)
+    grads, metrics = jax.jit(jax.grad(loss_fn, has_aux=True), static_argnums=1)(params, graphdef, x, key)
     return model, x, key, grads, metrics
 
 
@@ -229,7 +237,7 @@ def test_score_loss_gives_the_decoder_the_ordinary_gradient_and_reports_the_true
     model, x, key, g_sf, m_sf = surrogate
     graphdef, params = nnx.split(model)
     g_pw, m_pw = jax.jit(jax.grad(vae_loss, has_aux=True), static_argnums=1)(params, graphdef, x, key)
-    for a, b in zip(jax.tree.leaves(g_sf["decoder"]), jax.tree.leaves(g_pw["decoder"])):
+    for a, b in zip(jax.tree.leaves(g_sf["decoder"]), jax.tree.leaves(g_pw["decoder"]), strict=False):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     for name in ("loss", "log_px_given_z", "kl"):
         np.testing.assert_allclose(m_sf[name], m_pw[name], rtol=1e-6)
@@ -238,27 +246,27 @@ def test_score_loss_gives_the_decoder_the_ordinary_gradient_and_reports_the_true
 def test_score_loss_encoder_gradient_is_the_score_function_estimate(surrogate):
     # Mean over examples of (log p(x|z) - b(x)) grad_phi log q(z|x) - grad_phi KL, written out,
     # with b(x) = log p(x | z = encoder mean) held fixed.
-    from vae_lib.objectives import (bernoulli_log_likelihood, gaussian_log_density,
-                                    kl_to_standard_normal, reparameterize)
+    from vae_lib.objectives import bernoulli_log_likelihood, gaussian_log_density, kl_to_standard_normal, reparameterize
+
     model, x, key, grads, _ = surrogate
     mean, logvar = model.encoder(x)
     z = reparameterize(key, mean, logvar)
-    weight = (bernoulli_log_likelihood(x, model.decoder(z))
-              - bernoulli_log_likelihood(x, model.decoder(mean)))
+    weight = bernoulli_log_likelihood(x, model.decoder(z)) - bernoulli_log_likelihood(x, model.decoder(mean))
 
     def by_hand(enc):
         m, lv = nnx.merge(nnx.graphdef(model.encoder), enc)(x)
         return -jnp.mean(weight * gaussian_log_density(z, m, lv) - kl_to_standard_normal(m, lv))
 
     want = jax.jit(jax.grad(by_hand))(nnx.state(model.encoder))
-    for a, b in zip(jax.tree.leaves(grads["encoder"]), jax.tree.leaves(want)):
+    for a, b in zip(jax.tree.leaves(grads["encoder"]), jax.tree.leaves(want), strict=False):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_score_loss_trains_with_the_library_train_step():
     model = _tiny_vae()
-    state = create_train_state(model, learning_rate=1e-2,
-                               loss_fn=functools.partial(est.score_function_loss, baseline="batch"))
+    state = create_train_state(
+        model, learning_rate=1e-2, loss_fn=functools.partial(est.score_function_loss, baseline="batch")
+    )
     images = jax.random.uniform(jax.random.key(0), (16, 8))
     before = ravel_pytree(state.params["encoder"])[0]
     for i in range(3):
@@ -282,9 +290,15 @@ def test_pathwise_estimator_takes_no_baseline():
 
 def test_streamed_moments_equal_the_moments_of_the_rows(vae_rows):
     i = VAE_VARIANTS.index(("score", "posterior_mean"))  # the fixture's key for these rows
-    streamed = est.vae_encoder_grad_moments(_tiny_vae(), _tiny_batch(), jax.random.key(i),
-                                            VAE_SAMPLES, "score", "posterior_mean",
-                                            chunk_size=VAE_SAMPLES // 4)
+    streamed = est.vae_encoder_grad_moments(
+        _tiny_vae(),
+        _tiny_batch(),
+        jax.random.key(i),
+        VAE_SAMPLES,
+        "score",
+        "posterior_mean",
+        chunk_size=VAE_SAMPLES // 4,
+    )
     direct = est.row_moments(vae_rows[("score", "posterior_mean")])
     assert streamed["num_samples"] == VAE_SAMPLES
     np.testing.assert_allclose(streamed["mean"], direct["mean"], rtol=1e-4, atol=1e-5)

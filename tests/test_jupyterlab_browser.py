@@ -48,6 +48,9 @@ except ImportError as exc:  # a missing pinned dependency fails the test, it doe
 else:
     SELENIUM_IMPORT_ERROR = None
 
+
+pytestmark = pytest.mark.slow  # minutes: `make unit` leaves it out
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 ARTIFACTS_DIR = REPO_ROOT / "artifacts"
@@ -86,9 +89,7 @@ LAB_SETTINGS = {
 
 # How a Python error looks once JupyterLab renders it as text (IPython's traceback, or
 # the one-line form of a SyntaxError that has no "Traceback" header).
-ERROR_TEXT = re.compile(
-    r"Traceback \(most recent call last\)|^\s*\w*(Error|Exception|Interrupt)(: |:?$)", re.MULTILINE
-)
+ERROR_TEXT = re.compile(r"Traceback \(most recent call last\)|^\s*\w*(Error|Exception|Interrupt)(: |:?$)", re.MULTILINE)
 
 STATE_JS = """
 const cells = [...document.querySelectorAll('.jp-NotebookPanel .jp-Notebook .jp-CodeCell')];
@@ -126,9 +127,7 @@ class LabRun:
 
 
 def _find_browser() -> tuple[str, str]:
-    chromium = next(
-        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
-    )
+    chromium = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
     chromedriver = shutil.which("chromedriver")
     if not chromium or not chromedriver:
         missing = [name for name, p in (("chromium", chromium), ("chromedriver", chromedriver)) if not p]
@@ -196,7 +195,9 @@ class _LabServer:
         )
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as `make lab` runs it
         command = [
-            sys.executable, "-m", "jupyterlab",
+            sys.executable,
+            "-m",
+            "jupyterlab",
             "--no-browser",
             "--ip=127.0.0.1",
             f"--port={self.port}",
@@ -210,8 +211,13 @@ class _LabServer:
         self._log = open(self.log_path, "wb")
         # The server's kernels share its process group, so a failure can end them all.
         self.proc = subprocess.Popen(
-            command, cwd=root_dir, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            command,
+            cwd=root_dir,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
 
     def _api(self, path: str, method: str = "GET") -> bytes:
@@ -240,17 +246,13 @@ class _LabServer:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"JupyterLab exited with code {self.proc.returncode}:\n{_tail(self.log_path)}"
-                )
+                raise AssertionError(f"JupyterLab exited with code {self.proc.returncode}:\n{_tail(self.log_path)}")
             try:
                 json.loads(self._api("/api/status"))
                 return
             except (urllib.error.URLError, OSError, ValueError):
                 time.sleep(0.5)
-        raise AssertionError(
-            f"JupyterLab did not answer within {SERVER_START_TIMEOUT_S} s:\n{_tail(self.log_path)}"
-        )
+        raise AssertionError(f"JupyterLab did not answer within {SERVER_START_TIMEOUT_S} s:\n{_tail(self.log_path)}")
 
     def stop(self) -> None:
         """Ask the server to shut down (it ends its kernels), then make sure."""
@@ -295,7 +297,8 @@ def _click_menu(driver, menu: str, command: str) -> None:
     selector = f'.lm-Menu .lm-Menu-item[data-command="{command}"]'
     item = _wait_for(
         lambda: [e for e in driver.find_elements(By.CSS_SELECTOR, selector) if e.is_displayed()],
-        10, f"menu item {command!r} under {menu!r}",
+        10,
+        f"menu item {command!r} under {menu!r}",
     )[0]
     assert "lm-mod-disabled" not in (item.get_attribute("class") or ""), f"{command} is disabled"
     item.click()
@@ -350,10 +353,7 @@ def lab_run(tmp_path_factory) -> LabRun:
                 if "Select Kernel" in dialog.text:
                     dialog.find_element(By.CSS_SELECTOR, ".jp-mod-accept").click()
             kernel_shown = s["kernel"].strip() not in ("", "No Kernel")
-            return (
-                s["cells"] > 0 and kernel_shown and s["status"] == "idle"
-                and server.kernel_state(name) == "idle"
-            )
+            return s["cells"] > 0 and kernel_shown and s["status"] == "idle" and server.kernel_state(name) == "idle"
 
         _wait_for(opened, NOTEBOOK_OPEN_TIMEOUT_S, f"{name} to open with an idle kernel", describe)
 
@@ -372,7 +372,9 @@ def lab_run(tmp_path_factory) -> LabRun:
         _click_menu(driver, "File", "docmanager:save")
         _wait_for(
             lambda: notebook_path.stat().st_mtime_ns != saved_before and state()["dirty"] == 0,
-            SAVE_TIMEOUT_S, "the notebook to be saved", describe,
+            SAVE_TIMEOUT_S,
+            "the notebook to be saved",
+            describe,
         )
         saved = nbformat.read(notebook_path, as_version=4)
 
@@ -406,7 +408,8 @@ def lab_run(tmp_path_factory) -> LabRun:
 
 def test_run_all_cells_executes_every_code_cell(lab_run):
     not_run = [
-        i for i, cell in enumerate(lab_run.saved.cells)
+        i
+        for i, cell in enumerate(lab_run.saved.cells)
         if cell.cell_type == "code" and cell.source.strip() and cell.execution_count is None
     ]
     assert not not_run, f"code cells (by index) with no execution count after Run All: {not_run}"
@@ -416,8 +419,10 @@ def test_run_all_cells_shows_no_error_output(lab_run):
     errors_in_page = [t for t in lab_run.stderr_texts if ERROR_TEXT.search(t)]
     errors_in_file = [
         f"{o.get('ename')}: {o.get('evalue')}"
-        for cell in lab_run.saved.cells if cell.cell_type == "code"
-        for o in cell.outputs if o.output_type == "error"
+        for cell in lab_run.saved.cells
+        if cell.cell_type == "code"
+        for o in cell.outputs
+        if o.output_type == "error"
     ]
     assert not (errors_in_file or errors_in_page), (
         f"error outputs after Run All: {errors_in_file}; error text shown in the page: "

@@ -99,8 +99,9 @@ def test_every_figure_cell_sets_a_title_and_axis_labels_or_uses_vae_lib_plotting
         if not shows or "vae_lib.plotting" in src or re.search(r"\bplotting\.\w+\(", src):
             continue
         assert re.search(r"set_title|title\(|suptitle", src), f"figure without a title: {src[:80]!r}"
-        assert re.search(r"set_xlabel|xlabel\(|set_ylabel|ylabel\(|supxlabel|supylabel", src), \
+        assert re.search(r"set_xlabel|xlabel\(|set_ylabel|ylabel\(|supxlabel|supylabel", src), (
             f"figure without axis labels: {src[:80]!r}"
+        )
 
 
 def test_every_figure_has_words_next_to_it(notebook):
@@ -111,13 +112,16 @@ def test_every_figure_has_words_next_to_it(notebook):
             continue
         if any("image/png" in o.get("data", {}) for o in cell.get("outputs", [])):
             near = [cells[j] for j in (i - 2, i - 1, i + 1, i + 2) if 0 <= j < len(cells)]
-            assert any(c["cell_type"] == "markdown" for c in near), \
+            assert any(c["cell_type"] == "markdown" for c in near), (
                 f"a figure with no explanation next to it: {_text(cell)[:80]!r}"
+            )
 
 
 def _prints_text(cell) -> bool:
-    return any(o["output_type"] == "stream" or ("text/plain" in o.get("data", {}) and "image/png" not in o["data"])
-               for o in cell.get("outputs", []))
+    return any(
+        o["output_type"] == "stream" or ("text/plain" in o.get("data", {}) and "image/png" not in o["data"])
+        for o in cell.get("outputs", [])
+    )
 
 
 def _ignored(cell) -> bool:
@@ -128,7 +132,9 @@ def test_most_cells_with_text_output_stay_compared_by_nbval(notebook):
     """Only machine-dependent cells are excluded from the comparison, not the series' output wholesale."""
     printing = [c for c in _code(notebook) if _prints_text(c)]
     ignored = [c for c in printing if _ignored(c)]
-    assert len(ignored) < len(printing) / 2, f"{len(ignored)} of {len(printing)} cells with text output are not compared"
+    assert len(ignored) < len(printing) / 2, (
+        f"{len(ignored)} of {len(printing)} cells with text output are not compared"
+    )
 
 
 def test_says_once_near_the_top_why_some_cells_are_not_compared(notebook):
@@ -145,5 +151,6 @@ def test_every_claims_check_has_its_stored_verdict(notebook):
             text = "".join("".join(o.get("text", "")) for o in cell.get("outputs", []) if o["output_type"] == "stream")
             verdicts = [line for line in text.splitlines() if line.endswith((" as stated", ": holds"))]
             assert len(verdicts) == calls, f"{calls} checks but {len(verdicts)} verdicts in {_text(cell)[:60]!r}"
-            assert not any(o["output_type"] == "execute_result" for o in cell.get("outputs", [])), \
+            assert not any(o["output_type"] == "execute_result" for o in cell.get("outputs", [])), (
                 f"a check cell displays a computed value (Out[...]): {_text(cell)[:60]!r}"
+            )

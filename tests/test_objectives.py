@@ -26,8 +26,9 @@ def test_analytic_kl_is_zero_when_q_is_the_prior():
 
 def test_analytic_kl_matches_monte_carlo_within_its_error():
     mean, logvar = jnp.array([0.5, -1.0, 2.0]), jnp.array([0.3, -0.7, -1.5])
-    z = obj.reparameterize(jax.random.key(3), jnp.broadcast_to(mean, (200_000, 3)),
-                           jnp.broadcast_to(logvar, (200_000, 3)))
+    z = obj.reparameterize(
+        jax.random.key(3), jnp.broadcast_to(mean, (200_000, 3)), jnp.broadcast_to(logvar, (200_000, 3))
+    )
     log_ratio = np.asarray(obj.gaussian_log_density(z, mean, logvar) - obj.standard_normal_log_density(z))
     stderr = log_ratio.std() / np.sqrt(log_ratio.size)
     assert abs(log_ratio.mean() - float(obj.kl_to_standard_normal(mean, logvar))) < 4 * stderr
@@ -166,7 +167,6 @@ def test_vae_importance_bound_with_one_sample_is_the_single_sample_elbo(tiny_vae
 
 def test_vae_importance_bound_exceeds_the_elbo_on_average(tiny_vae):
     x = _binary(jax.random.key(6), (20, 12))
-    elbo = jnp.mean(jax.vmap(lambda k: obj.vae_elbo(tiny_vae, x, k)["elbo"])(
-        jax.random.split(jax.random.key(7), 200)))
+    elbo = jnp.mean(jax.vmap(lambda k: obj.vae_elbo(tiny_vae, x, k)["elbo"])(jax.random.split(jax.random.key(7), 200)))
     iw = jnp.mean(obj.importance_weighted_bound(tiny_vae, x, jax.random.key(8), 500))
     assert float(iw) > float(elbo)

@@ -13,9 +13,19 @@ _spec.loader.exec_module(run_notebook)
 
 def _widget_cell(model_id):
     cell = nbformat.v4.new_code_cell("fit(...)")
-    cell.outputs = [nbformat.v4.new_output("display_data", data={
-        "application/vnd.jupyter.widget-view+json": {"model_id": model_id, "version_major": 2, "version_minor": 0},
-        "text/plain": "training:   0%|          | 0/10"})]
+    cell.outputs = [
+        nbformat.v4.new_output(
+            "display_data",
+            data={
+                "application/vnd.jupyter.widget-view+json": {
+                    "model_id": model_id,
+                    "version_major": 2,
+                    "version_minor": 0,
+                },
+                "text/plain": "training:   0%|          | 0/10",
+            },
+        )
+    ]
     return cell
 
 
@@ -30,10 +40,12 @@ def test_widget_ids_depend_only_on_the_notebook_name_and_their_order():
 
 def test_unchanged_timing_cells_keep_their_stored_output_and_others_do_not():
     def nb_with(outputs):
-        cells = [nbformat.v4.new_code_cell("print(time())", metadata={"tags": ["timings"]}),
-                 nbformat.v4.new_code_cell("print(time() + 1)", metadata={"tags": ["timings"]}),
-                 nbformat.v4.new_code_cell("print(loss)")]
-        for cell, text in zip(cells, outputs):
+        cells = [
+            nbformat.v4.new_code_cell("print(time())", metadata={"tags": ["timings"]}),
+            nbformat.v4.new_code_cell("print(time() + 1)", metadata={"tags": ["timings"]}),
+            nbformat.v4.new_code_cell("print(loss)"),
+        ]
+        for cell, text in zip(cells, outputs, strict=False):
             cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
         return nbformat.v4.new_notebook(cells=cells)
 

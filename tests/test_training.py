@@ -19,8 +19,9 @@ def test_short_training_lowers_the_test_negative_elbo(fashion_train, fashion_tes
     model = VAE(hidden=200, latent=10, rngs=nnx.Rngs(0))
     test_images = fashion_test[0][:2000]
     before = training.evaluate(model, test_images, jax.random.key(1))["loss"]
-    history = training.fit(model, fashion_train[0][:12800], key=jax.random.key(2), epochs=2,
-                           test_images=test_images, progress=False)
+    history = training.fit(
+        model, fashion_train[0][:12800], key=jax.random.key(2), epochs=2, test_images=test_images, progress=False
+    )
     after = training.evaluate(model, test_images, jax.random.key(1))["loss"]
     assert after < before - 100, (before, after)  # about 543 -> 300 nats here
     assert history["epoch"] == [1, 2] and history["train_loss"][1] < history["train_loss"][0]
@@ -37,8 +38,9 @@ def test_same_seed_gives_the_same_training_run(fashion_train):
     losses = []
     for _ in range(2):
         model = VAE(hidden=64, latent=4, rngs=nnx.Rngs(3))
-        losses.append(training.fit(model, fashion_train[0][:1280], key=jax.random.key(4), epochs=1,
-                                   progress=False)["train_loss"])
+        losses.append(
+            training.fit(model, fashion_train[0][:1280], key=jax.random.key(4), epochs=1, progress=False)["train_loss"]
+        )
     assert losses[0] == losses[1]
 
 
@@ -52,16 +54,24 @@ def test_evaluation_samples_z_instead_of_using_the_posterior_mean(fashion_test):
 
 def test_autoencoder_trains_with_the_same_step(fashion_train):
     model = Autoencoder(hidden=(), latent=16, rngs=nnx.Rngs(0))
-    h = training.fit(model, fashion_train[0][:6400], key=jax.random.key(0), epochs=2, progress=False,
-                     loss_fn=training.autoencoder_loss, binarize=False)
+    h = training.fit(
+        model,
+        fashion_train[0][:6400],
+        key=jax.random.key(0),
+        epochs=2,
+        progress=False,
+        loss_fn=training.autoencoder_loss,
+        binarize=False,
+    )
     assert h["train_loss"][1] < h["train_loss"][0]
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_last_good_parameters(fashion_train):
     model = VAE(hidden=64, latent=4, rngs=nnx.Rngs(0))
     with pytest.raises(training.NonFiniteLossError, match=r"non-finite at step \d+") as info:
-        training.fit(model, fashion_train[0][:2560], key=jax.random.key(0), epochs=2,
-                     tx=optax.sgd(1e12), progress=False)
+        training.fit(
+            model, fashion_train[0][:2560], key=jax.random.key(0), epochs=2, tx=optax.sgd(1e12), progress=False
+        )
     assert info.value.step >= 1
     assert _finite(model)
 

@@ -62,7 +62,7 @@ def test_fused_epoch_gives_the_per_step_losses_and_parameters(fashion_train):
 
 
 def test_progress_chunks_leave_the_result_unchanged_and_count_every_step(fashion_train):
-    images = fashion_train[0][:1280 + 50]  # 10 full batches; the 50 left over are dropped
+    images = fashion_train[0][: 1280 + 50]  # 10 full batches; the 50 left over are dropped
     key = jax.random.key(3)
     whole, m_whole = training.train_epoch(_small_state(), images, key)
     counter = _Counter()
@@ -82,8 +82,9 @@ def test_fit_trains_what_a_manual_per_step_loop_trains(fashion_train):
     k_train, _ = jax.random.split(key)
     losses = []
     for epoch in (1, 2):
-        state, means = training.train_epoch(state, images, jax.random.fold_in(k_train, epoch),
-                                            step_fn=training.train_step)
+        state, means = training.train_epoch(
+            state, images, jax.random.fold_in(k_train, epoch), step_fn=training.train_step
+        )
         losses.append(means["loss"])
     assert history["train_loss"] == pytest.approx(losses, rel=1e-6)
     _assert_same_params(nnx.state(model, nnx.Param), state.params)
@@ -151,8 +152,7 @@ def _load_benchmark():
 def test_benchmark_variants_train_the_same_model(fashion_train):
     bench = _load_benchmark()
     images = fashion_train[0][:1280]
-    runners = {name: bench.Runner(name, images)
-               for name in ("nnx_jit", "jit_donate", "scan_epoch", "vae_lib")}
+    runners = {name: bench.Runner(name, images) for name in ("nnx_jit", "jit_donate", "scan_epoch", "vae_lib")}
     for r in runners.values():
         r.run()
     ref = nnx.state(runners["nnx_jit"].model, nnx.Param)
@@ -179,8 +179,9 @@ def test_benchmark_eager_step_matches_the_compiled_one(fashion_train):
 
 def test_checkpoint_round_trip_restores_every_parameter_and_the_info(tmp_path):
     model = VAE(hidden=32, latent=3, rngs=nnx.Rngs(0))
-    path = checkpoint.save(tmp_path / "sub" / "vae.msgpack", model,
-                           info={"latent": 3, "history": {"loss": [2.5, 1.25]}})
+    path = checkpoint.save(
+        tmp_path / "sub" / "vae.msgpack", model, info={"latent": 3, "history": {"loss": [2.5, 1.25]}}
+    )
     fresh = VAE(hidden=32, latent=3, rngs=nnx.Rngs(1))
     info = checkpoint.load(path, fresh)
     assert info == {"latent": 3, "history": {"loss": [2.5, 1.25]}} == checkpoint.read_info(path)
@@ -212,6 +213,7 @@ def test_loading_into_a_model_of_another_size_names_the_parameter(tmp_path):
 def test_a_file_that_is_not_a_checkpoint_is_rejected(tmp_path):
     bad = tmp_path / "x.msgpack"
     from flax import serialization
+
     bad.write_bytes(serialization.msgpack_serialize({"params": {}}))
     with pytest.raises(ValueError, match="not a vae_lib checkpoint"):
         checkpoint.load(bad, VAE(hidden=8, latent=2, rngs=nnx.Rngs(0)))

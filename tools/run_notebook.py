@@ -64,8 +64,14 @@ def stable_widget_ids(nb, name: str) -> None:
 def run(path: Path, timings: bool) -> None:
     nb = nbformat.read(path, as_version=4)
     old = copy.deepcopy(nb)
-    client = NotebookClient(nb, timeout=900, kernel_name="python3", record_timing=False,
-                            store_widget_state=True, resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(
+        nb,
+        timeout=900,
+        kernel_name="python3",
+        record_timing=False,
+        store_widget_state=True,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
     client.execute()  # (nbclient needs the widget state while it runs; it is dropped below)
     kept = 0 if timings else keep_timings(nb, old)
     stable_widget_ids(nb, path.name)

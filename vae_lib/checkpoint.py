@@ -28,8 +28,7 @@ def _flat_params(model: nnx.Module) -> dict[str, object]:
     return {"/".join(map(str, k)): v for k, v in traverse_util.flatten_dict(pure).items()}
 
 
-def save(path: str | os.PathLike, model: nnx.Module, *, info: dict | None = None,
-         dtype=None) -> Path:
+def save(path: str | os.PathLike, model: nnx.Module, *, info: dict | None = None, dtype=None) -> Path:
     """Write `model`'s parameters (and the JSON-serialisable `info`) to `path`.
 
     ``dtype=np.float16`` halves the file (for a repository); loading casts back to the
@@ -40,8 +39,7 @@ def save(path: str | os.PathLike, model: nnx.Module, *, info: dict | None = None
     for name, value in _flat_params(model).items():
         a = np.asarray(value)
         params[name] = a.astype(dtype) if dtype is not None and np.issubdtype(a.dtype, np.floating) else a
-    blob = serialization.msgpack_serialize({"format": FORMAT, "params": params,
-                                            "info": json.dumps(info or {})})
+    blob = serialization.msgpack_serialize({"format": FORMAT, "params": params, "info": json.dumps(info or {})})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
@@ -74,14 +72,22 @@ def load(path: str | os.PathLike, model: nnx.Module) -> dict:
     missing = sorted(set(current) - set(stored))
     extra = sorted(set(stored) - set(current))
     if missing or extra:
-        raise ValueError(f"{path} does not fit this model: missing {missing[:3]}, "
-                         f"unexpected {extra[:3]}. Build the model with the sizes in read_info().")
+        raise ValueError(
+            f"{path} does not fit this model: missing {missing[:3]}, "
+            f"unexpected {extra[:3]}. Build the model with the sizes in read_info()."
+        )
     for name, value in current.items():
         if tuple(stored[name].shape) != tuple(value.shape):
-            raise ValueError(f"{path}: parameter {name} has shape {tuple(stored[name].shape)} in "
-                             f"the file but {tuple(value.shape)} in the model.")
-    loaded = {tuple(int(p) if p.isdigit() else p for p in name.split("/")):
-              jnp.asarray(stored[name], dtype=current[name].dtype) for name in current}
+            raise ValueError(
+                f"{path}: parameter {name} has shape {tuple(stored[name].shape)} in "
+                f"the file but {tuple(value.shape)} in the model."
+            )
+    loaded = {
+        tuple(int(p) if p.isdigit() else p for p in name.split("/")): jnp.asarray(
+            stored[name], dtype=current[name].dtype
+        )
+        for name in current
+    }
     state = nnx.state(model, nnx.Param)
     nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(loaded))
     nnx.update(model, state)

@@ -36,8 +36,10 @@ class ClaimError(AssertionError):
 def _number(what: str, value: ArrayLike) -> float:
     a = np.asarray(value, dtype=np.float64)
     if a.size != 1:
-        raise ValueError(f"{what}: a claim checks one number, got an array of shape {a.shape}; "
-                         f"reduce it first (for example .mean() or [i]).")
+        raise ValueError(
+            f"{what}: a claim checks one number, got an array of shape {a.shape}; "
+            f"reduce it first (for example .mean() or [i])."
+        )
     v = float(a.reshape(()))
     if not math.isfinite(v):
         raise ClaimError(f"{what}: the computed value is {v}, not a finite number.")
@@ -80,9 +82,11 @@ def expect(what: str, value: ArrayLike, stated: float, tol: float) -> None:
     v = _number(what, value)
     _log("expect", what, v, stated=stated, tol=tol)
     if abs(v - stated) > tol:
-        raise ClaimError(f"{what}: computed {v:.6g}, but the text states {_fmt(stated)} ± {_fmt(tol)} "
-                         f"(off by {v - stated:+.3g}). Fix the code, or re-measure and update the text "
-                         f"and this check together.")
+        raise ClaimError(
+            f"{what}: computed {v:.6g}, but the text states {_fmt(stated)} ± {_fmt(tol)} "
+            f"(off by {v - stated:+.3g}). Fix the code, or re-measure and update the text "
+            f"and this check together."
+        )
     print(f"{what}: {_fmt(stated)} ± {_fmt(tol)} as stated")
 
 
@@ -101,9 +105,11 @@ def expect_between(what: str, value: ArrayLike, low: float, high: float) -> None
     v = _number(what, value)
     _log("between", what, v, low=low, high=high)
     if not low <= v <= high:
-        raise ClaimError(f"{what}: computed {v:.6g}, but the text states it lies between "
-                         f"{_fmt(low)} and {_fmt(high)}. Fix the code, or re-measure and update the "
-                         f"text and this check together.")
+        raise ClaimError(
+            f"{what}: computed {v:.6g}, but the text states it lies between "
+            f"{_fmt(low)} and {_fmt(high)}. Fix the code, or re-measure and update the "
+            f"text and this check together."
+        )
     print(f"{what}: between {_fmt(low)} and {_fmt(high)} as stated")
 
 

@@ -21,14 +21,22 @@ import hashlib
 import os
 import socket
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -88,17 +96,21 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as e:  # gzip raises EOFError on a cut file
-        raise DataError(f"{path} could not be read ({e}); the file looks truncated or corrupt. "
-                        f"Delete it and fetch it again. {_HOW_TO_GET}") from e
+        raise DataError(
+            f"{path} could not be read ({e}); the file looks truncated or corrupt. "
+            f"Delete it and fetch it again. {_HOW_TO_GET}"
+        ) from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError(f"{path} is not an IDX file of unsigned bytes (bad magic number).")
     ndim = raw[3]
-    shape = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
-    body = raw[4 + 4 * ndim:]
+    shape = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
+    body = raw[4 + 4 * ndim :]
     expected = int(np.prod(shape))
     if len(body) != expected:
-        raise DataError(f"{path} is truncated: its header promises {expected} bytes of data "
-                        f"for shape {shape}, but {len(body)} are there. Fetch it again.")
+        raise DataError(
+            f"{path} is truncated: its header promises {expected} bytes of data "
+            f"for shape {shape}, but {len(body)} are there. Fetch it again."
+        )
     return np.frombuffer(body, dtype=np.uint8).reshape(shape)
 
 
@@ -126,13 +138,17 @@ def verify(split: str, images: np.ndarray, labels: np.ndarray, source: str) -> N
     """Raise :class:`DataError` unless the arrays are the official Fashion-MNIST split."""
     n = _SIZES[split]
     if images.shape != (n, 28, 28) or labels.shape != (n,):
-        raise DataError(f"Fashion-MNIST {split} from {source} has images {images.shape} and "
-                        f"labels {labels.shape}; expected ({n}, 28, 28) and ({n},).")
+        raise DataError(
+            f"Fashion-MNIST {split} from {source} has images {images.shape} and "
+            f"labels {labels.shape}; expected ({n}, 28, 28) and ({n},)."
+        )
     got = digest(images, labels)
     if got != DIGESTS[split]:
-        raise DataError(f"Fashion-MNIST {split} from {source} is not the official data "
-                        f"(SHA-256 {got[:16]}..., expected {DIGESTS[split][:16]}...). "
-                        f"Delete those files and fetch them again. {_HOW_TO_GET}")
+        raise DataError(
+            f"Fashion-MNIST {split} from {source} is not the official data "
+            f"(SHA-256 {got[:16]}..., expected {DIGESTS[split][:16]}...). "
+            f"Delete those files and fetch them again. {_HOW_TO_GET}"
+        )
 
 
 def _load_local(split: str) -> tuple[np.ndarray, np.ndarray, str] | None:
@@ -143,8 +159,7 @@ def _load_local(split: str) -> tuple[np.ndarray, np.ndarray, str] | None:
             continue
         if img is None or lab is None:
             missing = img_stem if img is None else lab_stem
-            raise DataError(f"{folder} holds only half of the {split} split: {missing}(.gz) "
-                            f"is missing. {_HOW_TO_GET}")
+            raise DataError(f"{folder} holds only half of the {split} split: {missing}(.gz) is missing. {_HOW_TO_GET}")
         return read_idx(img), read_idx(lab).astype(np.int64), str(folder)
     return None
 
@@ -162,8 +177,10 @@ def _import_tfds():
     """Import tensorflow-datasets quietly, keeping TensorFlow off any GPU."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow_datasets as tfds
+
     try:
         import tensorflow as tf
+
         tf.config.set_visible_devices([], "GPU")
     except Exception:  # noqa: BLE001 - TensorFlow is optional until tfds needs it
         pass
@@ -186,14 +203,17 @@ def _load_tfds_fashion(split: str) -> tuple[np.ndarray, np.ndarray]:
     try:  # already prepared by tfds on this machine: no network needed
         return load_from_tfds("fashion_mnist", split, download=False)
     except ImportError as e:
-        raise DataError(f"Fashion-MNIST is not on this machine and tensorflow-datasets cannot "
-                        f"run here ({e}). {_HOW_TO_GET}") from e
+        raise DataError(
+            f"Fashion-MNIST is not on this machine and tensorflow-datasets cannot run here ({e}). {_HOW_TO_GET}"
+        ) from e
     except Exception:  # noqa: BLE001 - not prepared yet; fall through to a download
         pass
     if not _online():
-        raise DataError(f"Fashion-MNIST was not found locally (looked in: "
-                        f"{', '.join(map(str, local_dirs()))}) and this machine is offline, so "
-                        f"tensorflow-datasets cannot download it. {_HOW_TO_GET}")
+        raise DataError(
+            f"Fashion-MNIST was not found locally (looked in: "
+            f"{', '.join(map(str, local_dirs()))}) and this machine is offline, so "
+            f"tensorflow-datasets cannot download it. {_HOW_TO_GET}"
+        )
     return load_from_tfds("fashion_mnist", split, download=True)
 
 
@@ -236,9 +256,11 @@ def load_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     except Exception:  # noqa: BLE001 - not prepared yet
         pass
     if not _online():
-        raise DataError("MNIST is only available through tensorflow-datasets, which needs a "
-                        "network connection the first time; this machine is offline. "
-                        "Use load_fashion_mnist, which works offline.")
+        raise DataError(
+            "MNIST is only available through tensorflow-datasets, which needs a "
+            "network connection the first time; this machine is offline. "
+            "Use load_fashion_mnist, which works offline."
+        )
     return load_from_tfds("mnist", split, download=True)
 
 
@@ -271,11 +293,12 @@ def batch_indices(key, num_examples: int, batch_size: int, drop_last: bool = Tru
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     order = np.asarray(jax.random.permutation(key, num_examples))
     stop = num_examples - num_examples % batch_size if drop_last else num_examples
-    return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
+    return [order[i : i + batch_size] for i in range(0, stop, batch_size)]
 
 
-def iterate_batches(key, images: np.ndarray, batch_size: int, labels: np.ndarray | None = None,
-                    drop_last: bool = True) -> Iterator:
+def iterate_batches(
+    key, images: np.ndarray, batch_size: int, labels: np.ndarray | None = None, drop_last: bool = True
+) -> Iterator:
     """Yield shuffled batches of `images` (and `labels`, when given), seeded by `key`."""
     for idx in batch_indices(key, len(images), batch_size, drop_last):
         yield images[idx] if labels is None else (images[idx], labels[idx])
@@ -294,9 +317,9 @@ def _install_debian_package() -> bool:
     import subprocess
 
     install = ["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"]
-    return (subprocess.run(install).returncode == 0 or
-            (subprocess.run(["apt-get", "update", "-qq"]).returncode == 0 and
-             subprocess.run(install).returncode == 0))
+    return subprocess.run(install).returncode == 0 or (
+        subprocess.run(["apt-get", "update", "-qq"]).returncode == 0 and subprocess.run(install).returncode == 0
+    )
 
 
 def _fetch_main() -> int:
@@ -309,8 +332,7 @@ def _fetch_main() -> int:
     import sys
 
     folder = _local_folder()
-    if (folder is None and not os.environ.get("VAE_LIB_DATA_DIR") and shutil.which("apt-get")
-            and os.geteuid() == 0):
+    if folder is None and not os.environ.get("VAE_LIB_DATA_DIR") and shutil.which("apt-get") and os.geteuid() == 0:
         print("Installing Debian's package dataset-fashion-mnist ...", flush=True)
         if _install_debian_package():
             folder = _local_folder()

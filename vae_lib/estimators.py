@@ -41,7 +41,7 @@ Equation numbers refer to the lecture note (shared/seeds/000_303b5e48acb7a591.tx
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -49,8 +49,7 @@ import numpy as np
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
-from vae_lib.objectives import (bernoulli_log_likelihood, gaussian_log_density,
-                                kl_to_standard_normal, reparameterize)
+from vae_lib.objectives import bernoulli_log_likelihood, gaussian_log_density, kl_to_standard_normal, reparameterize
 from vae_lib.training import vae_loss
 
 ESTIMATORS = ("pathwise", "score")
@@ -61,24 +60,27 @@ VAE_BASELINES = ("batch", "posterior_mean")
 # A diagonal Gaussian and any scalar cost
 # --------------------------------------------------------------------------------------
 
+
 def _mean_std(mean, std):
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
     if mean.shape != std.shape:
-        raise ValueError(f"mean has shape {tuple(mean.shape)} but std has shape "
-                         f"{tuple(std.shape)}; they must be the same.")
+        raise ValueError(
+            f"mean has shape {tuple(mean.shape)} but std has shape {tuple(std.shape)}; they must be the same."
+        )
     if not isinstance(std, jax.core.Tracer) and std.size and not bool(jnp.all(std > 0)):
-        raise ValueError("std must be positive everywhere (it is a standard deviation, not a "
-                         "log-variance).")
+        raise ValueError("std must be positive everywhere (it is a standard deviation, not a log-variance).")
     return mean, std
 
 
 def _check_cost(f: Callable, mean) -> None:
     out = jax.eval_shape(f, jax.ShapeDtypeStruct(mean.shape, mean.dtype))
     if getattr(out, "shape", None) != ():
-        raise ValueError(f"f must return a scalar for one x of shape {tuple(mean.shape)}; it "
-                         f"returned shape {getattr(out, 'shape', None)}. Sum over the "
-                         f"dimensions of x inside f.")
+        raise ValueError(
+            f"f must return a scalar for one x of shape {tuple(mean.shape)}; it "
+            f"returned shape {getattr(out, 'shape', None)}. Sum over the "
+            f"dimensions of x inside f."
+        )
 
 
 def _logvar(std):
@@ -175,10 +177,11 @@ def _pathwise_rows(f, mean, std, key, num_samples):
 # Exact results for Mohamed et al. (2020), Fig. 2: x ~ N(mu, sigma^2), f(x) = (x - k)^2
 # --------------------------------------------------------------------------------------
 
+
 def gaussian_quadratic_expectation(mu, sigma, k, dim: int = 1):
     """E[f(x)] for x ~ N(mu 1, sigma^2 I_D) and f(x) = sum_d (x_d - k)^2: D ((mu - k)^2 + sigma^2)."""
     mu, sigma, k = (np.asarray(v, np.float64) for v in (mu, sigma, k))
-    return dim * ((mu - k) ** 2 + sigma ** 2)
+    return dim * ((mu - k) ** 2 + sigma**2)
 
 
 def gaussian_quadratic_gradients(mu, sigma, k):
@@ -210,14 +213,14 @@ def gaussian_quadratic_variances(mu, sigma, k, baseline=0.0, dim: int = 1) -> di
     mu, sigma, k, b = (np.asarray(v, np.float64) for v in (mu, sigma, k, baseline))
     if np.any(np.asarray(dim) < 1):
         raise ValueError(f"dim must be at least 1, got {dim}")
-    a, s2 = mu - k, sigma ** 2
+    a, s2 = mu - k, sigma**2
     mean_c = gaussian_quadratic_expectation(mu, sigma, k, dim) - s2 - b
-    mean_c2 = (dim - 1) * (4 * a ** 2 * s2 + 2 * s2 ** 2) + mean_c ** 2
+    mean_c2 = (dim - 1) * (4 * a**2 * s2 + 2 * s2**2) + mean_c**2
     out = {
-        "score_mu": (mean_c2 + 6 * s2 * mean_c + 8 * a ** 2 * s2 + 15 * s2 ** 2) / s2,
-        "score_sigma": (2 * mean_c2 + 20 * s2 * mean_c + 40 * a ** 2 * s2 + 74 * s2 ** 2) / s2,
+        "score_mu": (mean_c2 + 6 * s2 * mean_c + 8 * a**2 * s2 + 15 * s2**2) / s2,
+        "score_sigma": (2 * mean_c2 + 20 * s2 * mean_c + 40 * a**2 * s2 + 74 * s2**2) / s2,
         "pathwise_mu": 4 * s2,
-        "pathwise_sigma": 4 * a ** 2 + 8 * s2,
+        "pathwise_sigma": 4 * a**2 + 8 * s2,
     }
     shape = np.broadcast_shapes(mu.shape, sigma.shape, k.shape, b.shape, np.shape(dim))
     return {name: np.broadcast_to(v, shape) for name, v in out.items()}
@@ -239,6 +242,7 @@ def gaussian_quadratic_optimal_baselines(mu, sigma, k, dim: int = 1):
 # --------------------------------------------------------------------------------------
 # The VAE: gradients of the ELBO with respect to the encoder's parameters phi
 # --------------------------------------------------------------------------------------
+
 
 def _vae_baseline(baseline, model, x, mean, log_px):
     if isinstance(baseline, str):
@@ -278,8 +282,10 @@ def score_function_loss(params, graphdef, x, key, baseline=0.0):
     ``loss_fn`` of :func:`vae_lib.training.create_train_state` or :func:`vae_lib.training.fit`.
     """
     if isinstance(baseline, str) and baseline == "batch" and x.shape[0] < 2:
-        raise ValueError("baseline='batch' averages log p(x|z) over the *other* examples of the "
-                         "batch, so it needs at least 2 examples.")
+        raise ValueError(
+            "baseline='batch' averages log p(x|z) over the *other* examples of the "
+            "batch, so it needs at least 2 examples."
+        )
     model = nnx.merge(graphdef, params)
     mean, logvar = model.encoder(x)
     z = jax.lax.stop_gradient(reparameterize(key, mean, logvar))
@@ -289,14 +295,12 @@ def score_function_loss(params, graphdef, x, key, baseline=0.0):
     log_q = gaussian_log_density(z, mean, logvar)
     surrogate = log_px + jax.lax.stop_gradient(log_px - b) * log_q - kl
     loss = -jnp.mean(log_px - kl)
-    return -jnp.mean(surrogate), {"loss": loss, "log_px_given_z": jnp.mean(log_px),
-                                  "kl": jnp.mean(kl)}
+    return -jnp.mean(surrogate), {"loss": loss, "log_px_given_z": jnp.mean(log_px), "kl": jnp.mean(kl)}
 
 
 def _row_function(params, graphdef, x, estimator, baseline):
     """key -> one flattened single-sample estimate of grad_phi of the batch-mean ELBO."""
-    loss_fn = vae_loss if estimator == "pathwise" else functools.partial(score_function_loss,
-                                                                         baseline=baseline)
+    loss_fn = vae_loss if estimator == "pathwise" else functools.partial(score_function_loss, baseline=baseline)
 
     def row(k):
         grads, _ = jax.grad(loss_fn, has_aux=True)(params, graphdef, x, k)
@@ -315,8 +319,7 @@ def _encoder_grad_rows(params, x, key, *, graphdef, num_samples, estimator, base
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _encoder_grad_moments(params, x, key, *, graphdef, num_samples, estimator, baseline,
-                          chunk_size):
+def _encoder_grad_moments(params, x, key, *, graphdef, num_samples, estimator, baseline, chunk_size):
     row = _row_function(params, graphdef, x, estimator, baseline)
     keys = jax.random.split(key, num_samples).reshape(num_samples // chunk_size, chunk_size)
     zeros = jnp.zeros_like(ravel_pytree(params["encoder"])[0])
@@ -329,7 +332,7 @@ def _encoder_grad_moments(params, x, key, *, graphdef, num_samples, estimator, b
         delta = g_mean - mean
         total = count + chunk_size
         mean = mean + delta * (chunk_size / total)
-        m2 = m2 + jnp.sum((g - g_mean) ** 2, axis=0) + delta ** 2 * (count * chunk_size / total)
+        m2 = m2 + jnp.sum((g - g_mean) ** 2, axis=0) + delta**2 * (count * chunk_size / total)
         return (total, mean, m2), None
 
     (_, mean, m2), _ = jax.lax.scan(merge, (jnp.zeros(()), zeros, zeros), keys)
@@ -341,24 +344,22 @@ def _check_vae_args(x, num_samples, estimator, baseline):
         raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}.")
     if isinstance(baseline, str):
         if baseline not in VAE_BASELINES:
-            raise ValueError(f"baseline must be a number or one of {VAE_BASELINES}; "
-                             f"got {baseline!r}.")
+            raise ValueError(f"baseline must be a number or one of {VAE_BASELINES}; got {baseline!r}.")
     else:
         baseline = float(baseline)
     if estimator == "pathwise" and baseline != 0.0:
-        raise ValueError("A baseline only applies to the score-function estimator; the pathwise "
-                         "estimator takes none.")
+        raise ValueError("A baseline only applies to the score-function estimator; the pathwise estimator takes none.")
     x = jnp.asarray(x, jnp.float32)
     if x.ndim != 2:
-        raise ValueError(f"x must be a batch of shape (B, D); got {tuple(x.shape)}. For one "
-                         f"example pass x[i:i + 1].")
+        raise ValueError(f"x must be a batch of shape (B, D); got {tuple(x.shape)}. For one example pass x[i:i + 1].")
     if int(num_samples) < 2:
         raise ValueError(f"num_samples must be at least 2; got {num_samples}.")
     return x, int(num_samples), baseline
 
 
-def vae_encoder_grads(model, x, key, num_samples: int, estimator: str = "pathwise",
-                      baseline=0.0, chunk_size: int | None = 32):
+def vae_encoder_grads(
+    model, x, key, num_samples: int, estimator: str = "pathwise", baseline=0.0, chunk_size: int | None = 32
+):
     """Single-sample estimates of grad_phi ELBO for a VAE's encoder, one flattened vector per row.
 
     The quantity estimated is the gradient, with respect to the encoder's parameters phi,
@@ -387,12 +388,21 @@ def vae_encoder_grads(model, x, key, num_samples: int, estimator: str = "pathwis
     if chunk_size is not None:
         chunk_size = min(int(chunk_size), num_samples)
     graphdef, params = nnx.split(model)
-    return _encoder_grad_rows(params, x, key, graphdef=graphdef, num_samples=num_samples,
-                              estimator=estimator, baseline=baseline, chunk_size=chunk_size)
+    return _encoder_grad_rows(
+        params,
+        x,
+        key,
+        graphdef=graphdef,
+        num_samples=num_samples,
+        estimator=estimator,
+        baseline=baseline,
+        chunk_size=chunk_size,
+    )
 
 
-def vae_encoder_grad_moments(model, x, key, num_samples: int, estimator: str = "pathwise",
-                             baseline=0.0, chunk_size: int = 16) -> dict:
+def vae_encoder_grad_moments(
+    model, x, key, num_samples: int, estimator: str = "pathwise", baseline=0.0, chunk_size: int = 16
+) -> dict:
     """Per-parameter mean and variance of the rows of :func:`vae_encoder_grads`, streamed.
 
     Same arguments and the same draws (for the same key) as :func:`vae_encoder_grads`, but
@@ -405,12 +415,18 @@ def vae_encoder_grad_moments(model, x, key, num_samples: int, estimator: str = "
     x, num_samples, baseline = _check_vae_args(x, num_samples, estimator, baseline)
     chunk_size = min(int(chunk_size), num_samples)
     if num_samples % chunk_size:
-        raise ValueError(f"num_samples ({num_samples}) must be a multiple of chunk_size "
-                         f"({chunk_size}).")
+        raise ValueError(f"num_samples ({num_samples}) must be a multiple of chunk_size ({chunk_size}).")
     graphdef, params = nnx.split(model)
-    mean, variance = _encoder_grad_moments(params, x, key, graphdef=graphdef,
-                                           num_samples=num_samples, estimator=estimator,
-                                           baseline=baseline, chunk_size=chunk_size)
+    mean, variance = _encoder_grad_moments(
+        params,
+        x,
+        key,
+        graphdef=graphdef,
+        num_samples=num_samples,
+        estimator=estimator,
+        baseline=baseline,
+        chunk_size=chunk_size,
+    )
     return {"mean": mean, "variance": variance, "num_samples": num_samples}
 
 
@@ -419,8 +435,7 @@ def row_moments(rows) -> dict:
     rows = jnp.asarray(rows)
     if rows.ndim != 2 or rows.shape[0] < 2:
         raise ValueError(f"rows must have shape (num_samples >= 2, P); got {tuple(rows.shape)}.")
-    return {"mean": jnp.mean(rows, axis=0), "variance": jnp.var(rows, axis=0, ddof=1),
-            "num_samples": rows.shape[0]}
+    return {"mean": jnp.mean(rows, axis=0), "variance": jnp.var(rows, axis=0, ddof=1), "num_samples": rows.shape[0]}
 
 
 def gradient_summary(moments: dict, signal_norm: float | None = None) -> dict:
@@ -440,6 +455,6 @@ def gradient_summary(moments: dict, signal_norm: float | None = None) -> dict:
     mean, variance, n = moments["mean"], moments["variance"], moments["num_samples"]
     total_variance = float(jnp.sum(variance))
     if signal_norm is None:
-        signal_norm = max(float(jnp.sum(mean ** 2)) - total_variance / n, 0.0) ** 0.5
-    snr = signal_norm / total_variance ** 0.5 if total_variance > 0 else float("inf")
+        signal_norm = max(float(jnp.sum(mean**2)) - total_variance / n, 0.0) ** 0.5
+    snr = signal_norm / total_variance**0.5 if total_variance > 0 else float("inf")
     return {"total_variance": total_variance, "signal_norm": float(signal_norm), "snr": snr}

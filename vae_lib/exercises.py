@@ -6,7 +6,7 @@ verdict and returns True or False, so a test can assert on it.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -16,8 +16,7 @@ def _fmt(x) -> str:
     return f"{float(a):.5g}" if a.size == 1 else np.array2string(a, precision=4, threshold=6)
 
 
-def check_value(answer, expected, what: str, rtol: float = 1e-4, atol: float = 1e-6,
-                hint: str = "") -> bool:
+def check_value(answer, expected, what: str, rtol: float = 1e-4, atol: float = 1e-6, hint: str = "") -> bool:
     """Compare a student's number or array with the expected one and print the verdict."""
     if answer is None or answer is ...:
         print(f"Not answered yet: fill in {what}.")
@@ -36,8 +35,15 @@ def check_value(answer, expected, what: str, rtol: float = 1e-4, atol: float = 1
     return False
 
 
-def check_function(fn: Callable, reference: Callable, cases: Sequence[tuple], what: str,
-                   rtol: float = 1e-4, atol: float = 1e-5, hint: str = "") -> bool:
+def check_function(
+    fn: Callable,
+    reference: Callable,
+    cases: Sequence[tuple],
+    what: str,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+    hint: str = "",
+) -> bool:
     """Call a student's `fn` and the `reference` on each tuple of arguments and compare."""
     for i, args in enumerate(cases):
         try:
@@ -51,12 +57,16 @@ def check_function(fn: Callable, reference: Callable, cases: Sequence[tuple], wh
         want = reference(*args)
         got_a, want_a = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
         if got_a.shape != want_a.shape:
-            print(f"Not yet: on test case {i + 1}, {what} returned shape {got_a.shape}; "
-                  f"expected {want_a.shape}. {hint}".rstrip())
+            print(
+                f"Not yet: on test case {i + 1}, {what} returned shape {got_a.shape}; "
+                f"expected {want_a.shape}. {hint}".rstrip()
+            )
             return False
         if not np.allclose(got_a, want_a, rtol=rtol, atol=atol):
-            print(f"Not yet: on test case {i + 1}, {what} returned {_fmt(got_a)}; expected "
-                  f"{_fmt(want_a)}. {hint}".rstrip())
+            print(
+                f"Not yet: on test case {i + 1}, {what} returned {_fmt(got_a)}; expected "
+                f"{_fmt(want_a)}. {hint}".rstrip()
+            )
             return False
     print(f"Correct: {what} matches the reference on all {len(cases)} test cases.")
     return True

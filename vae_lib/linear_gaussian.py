@@ -22,9 +22,9 @@ from vae_lib.objectives import LOG_2PI
 
 
 class LinearGaussian(NamedTuple):
-    W: jax.Array        # (D, K)
-    b: jax.Array        # (D,)
-    s2: float           # observation noise variance
+    W: jax.Array  # (D, K)
+    b: jax.Array  # (D,)
+    s2: float  # observation noise variance
 
 
 def random_model(key, dim_x: int = 5, dim_z: int = 2, s2: float = 0.5) -> LinearGaussian:
@@ -45,7 +45,7 @@ def mvn_log_density(x, mean, cov):
     d = x.shape[-1]
     chol = jnp.linalg.cholesky(cov)
     sol = jax.scipy.linalg.solve_triangular(chol, (x - mean).T, lower=True)
-    return -0.5 * (d * LOG_2PI + 2 * jnp.sum(jnp.log(jnp.diag(chol))) + jnp.sum(sol ** 2, axis=0))
+    return -0.5 * (d * LOG_2PI + 2 * jnp.sum(jnp.log(jnp.diag(chol))) + jnp.sum(sol**2, axis=0))
 
 
 def log_marginal(model: LinearGaussian, x):
@@ -65,14 +65,14 @@ def log_joint(model: LinearGaussian, x, z):
     """log p(x, z) = log p(x|z) + log p(z) for one z (K,) or a batch (..., K)."""
     resid = x - (z @ model.W.T + model.b)
     d, k = model.W.shape
-    log_lik = -0.5 * (d * (LOG_2PI + jnp.log(model.s2)) + jnp.sum(resid ** 2, -1) / model.s2)
-    return log_lik - 0.5 * (k * LOG_2PI + jnp.sum(z ** 2, -1))
+    log_lik = -0.5 * (d * (LOG_2PI + jnp.log(model.s2)) + jnp.sum(resid**2, -1) / model.s2)
+    return log_lik - 0.5 * (k * LOG_2PI + jnp.sum(z**2, -1))
 
 
 def log_joint_without_prior(model: LinearGaussian, x, z):
     """log p(x|z) alone: what the note's eqs. 3, 4 and 22 put where log p(x, z) belongs."""
     k = model.W.shape[1]
-    return log_joint(model, x, z) + 0.5 * (k * LOG_2PI + jnp.sum(z ** 2, -1))
+    return log_joint(model, x, z) + 0.5 * (k * LOG_2PI + jnp.sum(z**2, -1))
 
 
 def gaussian_entropy(cov):
@@ -89,8 +89,10 @@ def elbo(model: LinearGaussian, x, m, S):
     """
     d, k = model.W.shape
     resid = x - (model.W @ m + model.b)
-    e_lik = (-0.5 * (d * (LOG_2PI + jnp.log(model.s2)) + resid @ resid / model.s2)
-             - 0.5 * jnp.trace(model.W.T @ model.W @ S) / model.s2)
+    e_lik = (
+        -0.5 * (d * (LOG_2PI + jnp.log(model.s2)) + resid @ resid / model.s2)
+        - 0.5 * jnp.trace(model.W.T @ model.W @ S) / model.s2
+    )
     e_prior = -0.5 * (k * LOG_2PI + m @ m + jnp.trace(S))
     return e_lik + e_prior + gaussian_entropy(S)
 
@@ -106,8 +108,9 @@ def kl_gaussians(m0, S0, m1, S1):
     k = m0.shape[-1]
     S1_inv = jnp.linalg.inv(S1)
     diff = m1 - m0
-    return 0.5 * (jnp.trace(S1_inv @ S0) + diff @ S1_inv @ diff - k
-                  + jnp.linalg.slogdet(S1)[1] - jnp.linalg.slogdet(S0)[1])
+    return 0.5 * (
+        jnp.trace(S1_inv @ S0) + diff @ S1_inv @ diff - k + jnp.linalg.slogdet(S1)[1] - jnp.linalg.slogdet(S0)[1]
+    )
 
 
 def log_weights(model: LinearGaussian, x, m, S, key, k: int):

@@ -7,7 +7,7 @@ one hidden layer, a tuple for several, 0 or () for none.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,15 +28,14 @@ def check_features(x: jax.Array, in_features: int, who: str) -> None:
         hint = ""
         if x.ndim >= 2 and x.shape[-2:] == (28, 28):
             hint = " It looks like unflattened images: use x.reshape(len(x), -1)."
-        raise ValueError(f"{who} expects inputs of shape (batch, {in_features}); "
-                         f"got shape {tuple(x.shape)}.{hint}")
+        raise ValueError(f"{who} expects inputs of shape (batch, {in_features}); got shape {tuple(x.shape)}.{hint}")
 
 
 class MLP(nnx.Module):
     """Dense layers with ReLU between them (none after the last)."""
 
     def __init__(self, sizes: Sequence[int], *, rngs: nnx.Rngs):
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=False)])
 
     def __call__(self, x):
         for i, layer in enumerate(self.layers):
@@ -53,8 +52,7 @@ class Autoencoder(nnx.Module):
     decoder returns logits; ``jax.nn.sigmoid`` of them is the reconstructed image.
     """
 
-    def __init__(self, in_features: int = 784, hidden: int | Sequence[int] = 256,
-                 latent: int = 32, *, rngs: nnx.Rngs):
+    def __init__(self, in_features: int = 784, hidden: int | Sequence[int] = 256, latent: int = 32, *, rngs: nnx.Rngs):
         h = _sizes(hidden)
         self.in_features = in_features
         self.latent = latent
@@ -75,8 +73,7 @@ class Autoencoder(nnx.Module):
 class Encoder(nnx.Module):
     """Inference network: x -> (mean, log-variance) of the diagonal Gaussian q_phi(z|x)."""
 
-    def __init__(self, in_features: int = 784, hidden: int | Sequence[int] = 400,
-                 latent: int = 20, *, rngs: nnx.Rngs):
+    def __init__(self, in_features: int = 784, hidden: int | Sequence[int] = 400, latent: int = 20, *, rngs: nnx.Rngs):
         h = _sizes(hidden)
         self.in_features = in_features
         self.body = MLP((in_features, *h), rngs=rngs) if h else None
@@ -93,8 +90,7 @@ class Encoder(nnx.Module):
 class Decoder(nnx.Module):
     """Generative network: z -> logits of the Bernoulli likelihood p_theta(x|z)."""
 
-    def __init__(self, latent: int = 20, hidden: int | Sequence[int] = 400,
-                 out_features: int = 784, *, rngs: nnx.Rngs):
+    def __init__(self, latent: int = 20, hidden: int | Sequence[int] = 400, out_features: int = 784, *, rngs: nnx.Rngs):
         self.latent = latent
         self.net = MLP((latent, *reversed(_sizes(hidden)), out_features), rngs=rngs)
 
@@ -110,8 +106,7 @@ class VAE(nnx.Module):
     z ~ q_phi(z|x) (the note's eqs. 20-21) and the decoder's Bernoulli logits at it.
     """
 
-    def __init__(self, in_features: int = 784, hidden: int | Sequence[int] = 400,
-                 latent: int = 20, *, rngs: nnx.Rngs):
+    def __init__(self, in_features: int = 784, hidden: int | Sequence[int] = 400, latent: int = 20, *, rngs: nnx.Rngs):
         self.in_features = in_features
         self.latent = latent
         self.encoder = Encoder(in_features, hidden, latent, rngs=rngs)

@@ -25,8 +25,10 @@ def _is_concrete(x) -> bool:
 
 def _same_shape(a, b, what_a: str, what_b: str) -> None:
     if a.shape != b.shape:
-        raise ValueError(f"{what_a} has shape {tuple(a.shape)} but {what_b} has shape "
-                         f"{tuple(b.shape)}; they must match (batch, features).")
+        raise ValueError(
+            f"{what_a} has shape {tuple(a.shape)} but {what_b} has shape "
+            f"{tuple(b.shape)}; they must match (batch, features)."
+        )
 
 
 def bernoulli_log_likelihood(x, logits):
@@ -41,10 +43,12 @@ def bernoulli_log_likelihood(x, logits):
         x_host = np.asarray(x)
         lo, hi = float(x_host.min()), float(x_host.max())
         if not (0.0 <= lo and hi <= 1.0):  # also false for NaN
-            raise ValueError(f"The Bernoulli likelihood needs pixels in [0, 1]; got values in "
-                             f"[{lo:g}, {hi:g}]. Scale uint8 images with vae_lib.data.to_float "
-                             f"(divide by 255) and binarize them if you want a true Bernoulli "
-                             f"likelihood.")
+            raise ValueError(
+                f"The Bernoulli likelihood needs pixels in [0, 1]; got values in "
+                f"[{lo:g}, {hi:g}]. Scale uint8 images with vae_lib.data.to_float "
+                f"(divide by 255) and binarize them if you want a true Bernoulli "
+                f"likelihood."
+            )
     x = jnp.asarray(x)
     logits = jnp.asarray(logits)
     _same_shape(x, logits, "x", "logits")
@@ -58,7 +62,7 @@ def gaussian_log_density(z, mean, logvar):
 
 def standard_normal_log_density(z):
     """log p(z) for the prior p(z) = N(0, I), summed over the last axis."""
-    return -0.5 * jnp.sum(LOG_2PI + z ** 2, axis=-1)
+    return -0.5 * jnp.sum(LOG_2PI + z**2, axis=-1)
 
 
 def kl_to_standard_normal(mean, logvar):
@@ -66,7 +70,7 @@ def kl_to_standard_normal(mean, logvar):
 
     KL = 1/2 sum_j [exp(logvar_j) + mean_j^2 - 1 - logvar_j]  (Kingma & Welling 2013, App. B).
     """
-    return 0.5 * jnp.sum(jnp.exp(logvar) + mean ** 2 - 1.0 - logvar, axis=-1)
+    return 0.5 * jnp.sum(jnp.exp(logvar) + mean**2 - 1.0 - logvar, axis=-1)
 
 
 def reparameterize(key, mean, logvar):
@@ -85,8 +89,7 @@ def elbo_single_sample(x, logits, z, mean, logvar):
     The note's eq. 22 corrected: the note drops log p(z). Its expectation over z is the
     ELBO E_q[log p(x, z) - log q(z|x)] (eq. 4, corrected).
     """
-    return (bernoulli_log_likelihood(x, logits) + standard_normal_log_density(z)
-            - gaussian_log_density(z, mean, logvar))
+    return bernoulli_log_likelihood(x, logits) + standard_normal_log_density(z) - gaussian_log_density(z, mean, logvar)
 
 
 def elbo_analytic_kl(x, logits, mean, logvar):
@@ -127,8 +130,11 @@ def vae_log_weights(model, x, key, k: int):
 
     def one(kk):
         z = reparameterize(kk, mean, logvar)
-        return (bernoulli_log_likelihood(x, model.decoder(z)) + standard_normal_log_density(z)
-                - gaussian_log_density(z, mean, logvar))
+        return (
+            bernoulli_log_likelihood(x, model.decoder(z))
+            + standard_normal_log_density(z)
+            - gaussian_log_density(z, mean, logvar)
+        )
 
     return jax.lax.map(one, keys)
 

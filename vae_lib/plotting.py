@@ -6,7 +6,7 @@ what to look at.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -32,18 +32,20 @@ def tile(images, ncols: int) -> np.ndarray:
     out = np.ones((nrows * (h + 1) - 1, ncols * (w + 1) - 1), np.float32)
     for i, img in enumerate(images):
         r, c = divmod(i, ncols)
-        out[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = img
+        out[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = img
     return out
 
 
-def image_grid(images, ncols: int = 10, title: str = "", xlabel: str = "", ylabel: str = "",
-               figsize=None):
+def image_grid(images, ncols: int = 10, title: str = "", xlabel: str = "", ylabel: str = "", figsize=None):
     """Show images (N, 28, 28) or (N, 784), uint8 or [0, 1], as one grid."""
     mosaic = tile(images, ncols)
     fig, ax = plt.subplots(figsize=figsize or (ncols * 0.7, mosaic.shape[0] / mosaic.shape[1] * ncols * 0.7 + 0.6))
     ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=1)
-    ax.set_xticks([]); ax.set_yticks([])
-    ax.set_title(title); ax.set_xlabel(xlabel); ax.set_ylabel(ylabel)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     fig.tight_layout()
     return fig
 
@@ -64,21 +66,29 @@ def class_examples(images, labels, per_class: int = 8, class_names: Sequence[str
     return fig
 
 
-def reconstructions(originals, reconstructed, title: str = "Originals (top) and reconstructions (bottom)",
-                    xlabel: str = "test image"):
+def reconstructions(
+    originals, reconstructed, title: str = "Originals (top) and reconstructions (bottom)", xlabel: str = "test image"
+):
     """Originals in the top row, their reconstructions underneath."""
     originals, reconstructed = _as_images(originals), _as_images(reconstructed)
     n = len(originals)
     fig, ax = plt.subplots(figsize=(n * 0.8, 2.2))
     ax.imshow(tile(np.concatenate([originals, reconstructed]), n), cmap="gray_r", vmin=0, vmax=1)
-    ax.set_xticks([]); ax.set_yticks([14, 43], ["original", "reconstruction"])
-    ax.set_title(title); ax.set_xlabel(xlabel)
+    ax.set_xticks([])
+    ax.set_yticks([14, 43], ["original", "reconstruction"])
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
     fig.tight_layout()
     return fig
 
 
-def latent_scatter(codes, labels, title: str = "Latent codes of test images, coloured by class",
-                   class_names: Sequence[str] = CLASS_NAMES, ax=None):
+def latent_scatter(
+    codes,
+    labels,
+    title: str = "Latent codes of test images, coloured by class",
+    class_names: Sequence[str] = CLASS_NAMES,
+    ax=None,
+):
     """Scatter 2-D latent codes coloured by class, with a legend of class names."""
     codes, labels = np.asarray(codes), np.asarray(labels)
     if codes.ndim != 2 or codes.shape[1] != 2:
@@ -90,21 +100,30 @@ def latent_scatter(codes, labels, title: str = "Latent codes of test images, col
     for c, name in enumerate(class_names):
         sel = labels == c
         ax.scatter(codes[sel, 0], codes[sel, 1], s=3, color=cmap(c), label=name, alpha=0.6)
-    ax.set_title(title); ax.set_xlabel("$z_1$"); ax.set_ylabel("$z_2$")
+    ax.set_title(title)
+    ax.set_xlabel("$z_1$")
+    ax.set_ylabel("$z_2$")
     ax.legend(markerscale=4, fontsize=7, loc="best")
     if fig is not None:
         fig.tight_layout()
     return fig if fig is not None else ax.figure
 
 
-def training_curves(history: dict, keys: Sequence[str] = ("train_loss", "test_loss"),
-                    title: str = "Negative ELBO during training", ylabel: str = "nats per image"):
+def training_curves(
+    history: dict,
+    keys: Sequence[str] = ("train_loss", "test_loss"),
+    title: str = "Negative ELBO during training",
+    ylabel: str = "nats per image",
+):
     """Plot per-epoch curves from a :func:`vae_lib.training.fit` history."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for k in keys:
         if k in history:
             ax.plot(history["epoch"], history[k], marker="o", label=k.replace("_", " "))
-    ax.set_title(title); ax.set_xlabel("epoch"); ax.set_ylabel(ylabel)
-    ax.legend(); ax.grid(alpha=0.3)
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -18,7 +18,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import gc
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +58,8 @@ class NonFiniteLossError(FloatingPointError):
             f"The training loss became non-finite at step {step} (counting from 1). That "
             f"update was not applied: the model holds the parameters from step {step - 1}. "
             f"Lower the learning rate, check the data for NaN/inf, or clip gradients "
-            f"(optax.clip_by_global_norm).")
+            f"(optax.clip_by_global_norm)."
+        )
 
 
 class TrainState(struct.PyTreeNode):
@@ -65,8 +67,8 @@ class TrainState(struct.PyTreeNode):
 
     params: Any
     opt_state: Any
-    step: jax.Array        # steps taken so far (int32)
-    bad_step: jax.Array    # first step (from 1) whose loss was not finite, or 0
+    step: jax.Array  # steps taken so far (int32)
+    bad_step: jax.Array  # first step (from 1) whose loss was not finite, or 0
     graphdef: Any = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
     loss_fn: Callable = struct.field(pytree_node=False)
@@ -90,9 +92,13 @@ def _adam(learning_rate) -> optax.GradientTransformation:
         return optax.adam(learning_rate)
 
 
-def create_train_state(model: nnx.Module, tx: optax.GradientTransformation | None = None,
-                       learning_rate: float = 1e-3, binarize: bool = True,
-                       loss_fn: Callable | None = None) -> TrainState:
+def create_train_state(
+    model: nnx.Module,
+    tx: optax.GradientTransformation | None = None,
+    learning_rate: float = 1e-3,
+    binarize: bool = True,
+    loss_fn: Callable | None = None,
+) -> TrainState:
     """Split an NNX model into a graph definition and parameters, and set up the optimizer.
 
     ``loss_fn(params, graphdef, x, key) -> (loss, metrics)`` defaults to :func:`vae_loss`;
@@ -103,9 +109,16 @@ def create_train_state(model: nnx.Module, tx: optax.GradientTransformation | Non
     """
     tx = tx if tx is not None else _adam(learning_rate)
     graphdef, params = nnx.split(model)
-    return TrainState(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
-                      bad_step=jnp.zeros((), jnp.int32), graphdef=graphdef, tx=tx,
-                      loss_fn=loss_fn if loss_fn is not None else vae_loss, binarize=binarize)
+    return TrainState(
+        params=params,
+        opt_state=tx.init(params),
+        step=jnp.zeros((), jnp.int32),
+        bad_step=jnp.zeros((), jnp.int32),
+        graphdef=graphdef,
+        tx=tx,
+        loss_fn=loss_fn if loss_fn is not None else vae_loss,
+        binarize=binarize,
+    )
 
 
 def prepare_batch(images, key, use_binarize: bool):
@@ -120,8 +133,7 @@ def vae_loss(params, graphdef, x, key):
     model = nnx.merge(graphdef, params)
     terms = vae_elbo(model, x, key)
     loss = -jnp.mean(terms["elbo"])
-    return loss, {"loss": loss, "log_px_given_z": jnp.mean(terms["log_px_given_z"]),
-                  "kl": jnp.mean(terms["kl"])}
+    return loss, {"loss": loss, "log_px_given_z": jnp.mean(terms["log_px_given_z"]), "kl": jnp.mean(terms["kl"])}
 
 
 def autoencoder_loss(params, graphdef, x, key):
@@ -154,8 +166,9 @@ def _apply_step(state: TrainState, x, k_z):
     ok = finite & (state.bad_step == 0)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
     bad_step = jnp.where((~finite) & (state.bad_step == 0), step, state.bad_step)
-    return state.replace(params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
-                         step=step, bad_step=bad_step), metrics
+    return state.replace(
+        params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state), step=step, bad_step=bad_step
+    ), metrics
 
 
 def _train_step(state: TrainState, images, key):
@@ -192,12 +205,15 @@ def check_images(images, who: str = "training") -> None:
             raise ValueError(f"{who} images contain NaN or infinite values.")
         lo, hi = float(images.min()), float(images.max())
         if lo < 0.0 or hi > 1.0:
-            raise ValueError(f"{who} expects uint8 pixels or floats in [0, 1] (the Bernoulli "
-                             f"likelihood); got values in [{lo:g}, {hi:g}]. Divide by 255.")
+            raise ValueError(
+                f"{who} expects uint8 pixels or floats in [0, 1] (the Bernoulli "
+                f"likelihood); got values in [{lo:g}, {hi:g}]. Divide by 255."
+            )
 
 
-def evaluate(model: nnx.Module, images, key, batch_size: int = 1000, binarize: bool = True,
-             loss_fn: Callable = None) -> dict:
+def evaluate(
+    model: nnx.Module, images, key, batch_size: int = 1000, binarize: bool = True, loss_fn: Callable = None
+) -> dict:
     """Test negative ELBO in nats per image, with its two terms, over all of `images`.
 
     z is sampled from q(z|x) for each image: decoding the posterior mean instead would not
@@ -208,15 +224,14 @@ def evaluate(model: nnx.Module, images, key, batch_size: int = 1000, binarize: b
     totals, n = {}, len(images)
     for i, start in enumerate(range(0, n, batch_size)):
         kb, kz = jax.random.split(jax.random.fold_in(key, i))
-        x = prepare_batch(jnp.asarray(images[start:start + batch_size]), kb, binarize)
+        x = prepare_batch(jnp.asarray(images[start : start + batch_size]), kb, binarize)
         out = eval_step(params, graphdef, x, kz, loss_fn or vae_loss)
         for name, v in out.items():
             totals[name] = totals.get(name, 0.0) + float(v) * len(x)
     return {name: v / n for name, v in totals.items()}
 
 
-def step_matmul_flops(in_features: int = 784, hidden: int | Sequence[int] = 400,
-                      latent: int = 20) -> int:
+def step_matmul_flops(in_features: int = 784, hidden: int | Sequence[int] = 400, latent: int = 20) -> int:
     """Exact matmul FLOPs of one VAE training step, per image (forward and backward).
 
     A dense layer with a inputs and b outputs costs 2ab FLOPs per image (a multiply and an
@@ -231,10 +246,10 @@ def step_matmul_flops(in_features: int = 784, hidden: int | Sequence[int] = 400,
     """
     h = (hidden,) if isinstance(hidden, int) else tuple(hidden)
     h = tuple(x for x in h if x > 0)
-    enc = list(zip((in_features, *h[:-1]), h)) if h else []
+    enc = list(zip((in_features, *h[:-1]), h, strict=False)) if h else []
     width = h[-1] if h else in_features
     heads = [(width, latent), (width, latent)]
-    dec = list(zip((latent, *reversed(h)), (*reversed(h), in_features)))
+    dec = list(zip((latent, *reversed(h)), (*reversed(h), in_features), strict=False))
     layers = enc + heads + dec
     forward = sum(2 * a * b for a, b in layers)
     on_data = enc[:1] if enc else heads  # layers reading the images: no input gradient
@@ -263,8 +278,7 @@ def _train_steps(state: TrainState, sums, images, order, key, start, stop, *, ba
     def inputs(i):  # the batch and keys of step i (a step past the end repeats the last)
         i = jnp.minimum(i, last)
         idx = jax.lax.dynamic_slice_in_dim(order, i * batch_size, batch_size)
-        return _step_inputs(jnp.take(images, idx, axis=0), jax.random.fold_in(key, i),
-                            state.binarize)
+        return _step_inputs(jnp.take(images, idx, axis=0), jax.random.fold_in(key, i), state.binarize)
 
     def body(i, carry):
         state, sums, x, k_z = carry
@@ -278,8 +292,15 @@ def _train_steps(state: TrainState, sums, images, order, key, start, stop, *, ba
     return state, sums
 
 
-def train_epoch(state: TrainState, images, key, batch_size: int = 128,
-                step_fn: Callable | None = None, progress=None, chunks: int = 20):
+def train_epoch(
+    state: TrainState,
+    images,
+    key,
+    batch_size: int = 128,
+    step_fn: Callable | None = None,
+    progress=None,
+    chunks: int = 20,
+):
     """One pass over `images` in a seeded shuffled order: returns (state, mean metrics).
 
     The shuffled order comes from ``jax.random.permutation`` of the first half of
@@ -295,17 +316,17 @@ def train_epoch(state: TrainState, images, key, batch_size: int = 128,
     k_perm, k_steps = jax.random.split(key)
     n_steps = len(images) // batch_size
     if n_steps == 0:
-        raise ValueError(f"an epoch needs at least one full batch: {len(images)} images is fewer "
-                         f"than batch_size={batch_size}.")
+        raise ValueError(
+            f"an epoch needs at least one full batch: {len(images)} images is fewer than batch_size={batch_size}."
+        )
     if step_fn is None:
         images = jnp.asarray(images)
         order = jax.random.permutation(k_perm, len(images))
         sums = _zero_metrics(state, images, batch_size)
         n_chunks = 1 if progress is None else max(1, min(chunks, n_steps))
         bounds = [round(j * n_steps / n_chunks) for j in range(n_chunks + 1)]
-        for start, stop in zip(bounds[:-1], bounds[1:]):
-            state, sums = _train_steps(state, sums, images, order, k_steps, start, stop,
-                                       batch_size=batch_size)
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=False):
+            state, sums = _train_steps(state, sums, images, order, k_steps, start, stop, batch_size=batch_size)
             if progress is not None:
                 jax.block_until_ready(state.step)  # let the bar follow the computation
                 progress.update(stop - start)
@@ -320,10 +341,20 @@ def train_epoch(state: TrainState, images, key, batch_size: int = 128,
     return state, means
 
 
-def fit(model: nnx.Module, train_images, *, key, epochs: int = 10, batch_size: int = 128,
-        learning_rate: float = 1e-3, tx: optax.GradientTransformation | None = None,
-        test_images=None, binarize: bool = True, progress: bool = True,
-        loss_fn: Callable | None = None) -> dict:
+def fit(
+    model: nnx.Module,
+    train_images,
+    *,
+    key,
+    epochs: int = 10,
+    batch_size: int = 128,
+    learning_rate: float = 1e-3,
+    tx: optax.GradientTransformation | None = None,
+    test_images=None,
+    binarize: bool = True,
+    progress: bool = True,
+    loss_fn: Callable | None = None,
+) -> dict:
     """Train `model` in place and return its history (per-epoch metrics, nats per image).
 
     History keys: ``epoch``, ``train_loss``, ``train_log_px_given_z``, ``train_kl`` and,
@@ -337,8 +368,7 @@ def fit(model: nnx.Module, train_images, *, key, epochs: int = 10, batch_size: i
     if test_images is not None:
         check_images(test_images, "fit (test_images)")
     loss_fn = loss_fn or vae_loss
-    state = create_train_state(model, tx=tx, learning_rate=learning_rate, binarize=binarize,
-                               loss_fn=loss_fn)
+    state = create_train_state(model, tx=tx, learning_rate=learning_rate, binarize=binarize, loss_fn=loss_fn)
     history: dict[str, list] = {"epoch": []}
     k_train, k_test = jax.random.split(key)
     steps_per_epoch = len(train_images) // batch_size
@@ -346,11 +376,13 @@ def fit(model: nnx.Module, train_images, *, key, epochs: int = 10, batch_size: i
     bar = None
     if progress:
         from tqdm.auto import tqdm
+
         bar = tqdm(total=epochs * steps_per_epoch, desc="training", unit="step")
     try:
         for epoch in range(1, epochs + 1):
-            state, means = train_epoch(state, train_images, jax.random.fold_in(k_train, epoch),
-                                       batch_size, progress=bar)
+            state, means = train_epoch(
+                state, train_images, jax.random.fold_in(k_train, epoch), batch_size, progress=bar
+            )
             bad = int(state.bad_step)
             if bad:
                 nnx.update(model, state.params)
