@@ -65,7 +65,6 @@ def test_nbval_fails_on_the_planted_bug(tmp_path, name, path, correct, buggy, no
     shutil.copytree(REPO / "vae_lib", copy / "vae_lib", ignore=shutil.ignore_patterns("__pycache__"))
     (copy / "notebooks").mkdir()
     shutil.copy(REPO / "notebooks" / notebook, copy / "notebooks" / notebook)
-    shutil.copytree(REPO / "notebooks" / "pretrained", copy / "notebooks" / "pretrained")
     shutil.copy(REPO / "tests" / "nbval_sanitize.cfg", copy / "nbval_sanitize.cfg")
 
     source = (copy / path).read_text()

@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import re
 import sys
 import uuid
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
-
-MODEL_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def _source(cell) -> str:
