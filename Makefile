@@ -22,9 +22,9 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP)
 
-# Fashion-MNIST: nothing if present, else Debian's package (apt, as root), else tfds.
+# Fashion-MNIST (vae_lib/fetch.py): nothing if present, else Debian's package (apt, as root), else tfds.
 data: setup
-	$(BIN)/python -m vae_lib.data
+	$(BIN)/python -m vae_lib.fetch
 
 lab: setup data
 	$(BIN)/jupyter lab --notebook-dir=notebooks --port=$(PORT) $(LAB_FLAGS)
@@ -48,7 +48,8 @@ test-portable: setup data
 unit: setup data
 	$(BIN)/python -m pytest tests -m "not slow"
 
-# Ruff: lint rules and formatting of vae_lib, tests, benchmarks and tools (pyproject.toml).
+# Ruff (pyproject.toml): lint rules over vae_lib, tests, benchmarks, tools and the notebooks; formatting
+# of the .py files (the notebooks are laid out by hand).
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -4,7 +4,8 @@
 
 The model, data and optimizer are those of notebook 04: Bernoulli logits on dynamically
 binarized Fashion-MNIST, Adam with learning rate 1e-3, batches of 128, the analytic-KL
-negative ELBO of ``vae_lib.objectives.vae_elbo``. Five ways to run the same training step:
+negative ELBO of ``vae_lib.losses.vae_loss``. Five ways to run the same training step
+(the first four are ``vae_lib.step_variants``, the last ``vae_lib.training``):
 
   eager       the NNX step (nnx.value_and_grad + nnx.Optimizer) with no compilation:
               every jnp operation is dispatched from Python one at a time
@@ -13,7 +14,7 @@ negative ELBO of ``vae_lib.objectives.vae_elbo``. Five ways to run the same trai
               plain pytrees, donated so XLA updates them in place
   scan_epoch  one ``jax.jit`` per epoch: shuffle on the device, gather the epoch's uint8
               batches there and ``lax.scan`` the step over them (buffers donated)
-  vae_lib     ``vae_lib.training.train_epoch``, the library's default (what ``fit`` and the
+  vae_lib     ``vae_lib.training.train_epoch_fused``, the library's default (what ``fit`` and the
               notebook use): the epoch in one compiled loop over the device-resident data,
               drawing the next batch's binarization while the current step runs
 
@@ -30,14 +31,13 @@ Output: JSON lines. One per variant, ``{"variant": NAME, "images_per_s": N, ...}
 ``{"matmul_gflops": G, "ceiling_images_per_s": C, ...}`` with the machine's fp32 matmul
 rate (numpy's BLAS on the step's own matrix products, measured in this run; the rate of
 a large square product is given too) and the images/s it allows for this model, given
-its exact matmul FLOPs per image (``vae_lib.training.step_matmul_flops``); and a
+its exact matmul FLOPs per image (``vae_lib.cost.step_matmul_flops``); and a
 summary line with the two targets (vae_lib against the ceiling, and against eager) and
 the machine's load average, since other processes on the machine slow every figure.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import statistics
@@ -50,7 +50,8 @@ import optax
 from flax import nnx
 
 from vae_lib import data, models, training
-from vae_lib.objectives import vae_elbo
+from vae_lib.cost import matmul_rate, step_matmul_flops, step_matmul_shapes
+from vae_lib.step_variants import jit_donate_step, nnx_jit_step, nnx_step, scan_epoch
 
 BATCH = 128
 LEARNING_RATE = 1e-3
@@ -61,104 +62,6 @@ SEED = 0
 
 def emit(**fields) -> None:
     print(json.dumps(fields), flush=True)
-
-
-# ---------------------------------------------------------------------------- the ceiling
-def matmul_rate(shapes, seconds: float = 1.0) -> float:
-    """fp32 GFLOP/s of numpy's BLAS over the products `shapes` ((m, k), (k, n)): best of 5.
-
-    Takes about `seconds` in all (five timed repeats and a short calibration).
-    """
-    rng = np.random.default_rng(0)
-    mats = [(rng.standard_normal(a, dtype=np.float32), rng.standard_normal(b, dtype=np.float32)) for a, b in shapes]
-    flops = sum(2 * a[0] * a[1] * b[1] for a, b in shapes)
-    for a, b in mats:  # warm-up (threads, caches)
-        a @ b
-    t0 = time.perf_counter()
-    reps = 0
-    while time.perf_counter() - t0 < 0.2:
-        for a, b in mats:
-            a @ b
-        reps += 1
-    reps = max(1, int(reps * seconds / 5 / 0.2))
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(reps):
-            for a, b in mats:
-                a @ b
-        best = min(best, time.perf_counter() - t)
-    return flops * reps / best / 1e9
-
-
-def step_matmul_shapes(batch: int = BATCH, d: int = 784, h: int = 400, z: int = 20):
-    """The 14 matrix products of one training step of the 784-400-20 VAE, as numpy shapes.
-
-    Forward (5): x W1, h Wmean, h Wlogvar, z Wd1, hd Wd2.
-    Backward (9): the weight gradient X^T G of all five layers, and the input gradient
-    G W^T of every layer but the first (its input is the data). Their FLOPs, 2 m k n
-    each, add up to 128 x vae_lib.training.step_matmul_flops() = 128 x 3,280,000.
-    """
-    fwd = [((batch, d), (d, h)), ((batch, h), (h, z)), ((batch, h), (h, z)), ((batch, z), (z, h)), ((batch, h), (h, d))]
-    weight_grads = [
-        ((d, batch), (batch, h)),
-        ((h, batch), (batch, z)),
-        ((h, batch), (batch, z)),
-        ((z, batch), (batch, h)),
-        ((h, batch), (batch, d)),
-    ]
-    input_grads = [((batch, z), (z, h)), ((batch, z), (z, h)), ((batch, h), (h, z)), ((batch, d), (d, h))]
-    return fwd + weight_grads + input_grads
-
-
-# ------------------------------------------------------------------------ the five steps
-def nnx_step(model, optimizer, images, key, i):
-    """The stateful NNX step: binarize, negative ELBO, gradient, Adam update in place."""
-    k_bin, k_z = jax.random.split(jax.random.fold_in(key, i))
-    x = training.prepare_batch(images, k_bin, True)
-
-    def loss_fn(model):
-        return -jnp.mean(vae_elbo(model, x, k_z)["elbo"])
-
-    loss, grads = nnx.value_and_grad(loss_fn)(model)
-    optimizer.update(model, grads)
-    return loss
-
-
-nnx_jit_step = nnx.jit(nnx_step)
-
-
-def functional_step(graphdef, tx, params, opt_state, images, key, i):
-    """The same step on split state: a pure function of (params, opt_state)."""
-    k_bin, k_z = jax.random.split(jax.random.fold_in(key, i))
-    x = training.prepare_batch(images, k_bin, True)
-
-    def loss_fn(params):
-        return -jnp.mean(vae_elbo(nnx.merge(graphdef, params), x, k_z)["elbo"])
-
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-
-jit_donate_step = jax.jit(functional_step, static_argnums=(0, 1), donate_argnums=(2, 3))
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2, 3))
-def scan_epoch(graphdef, tx, params, opt_state, images, k_perm, k_steps):
-    """A whole epoch in one program: shuffle, gather uint8 batches, scan the step."""
-    n_steps = images.shape[0] // BATCH
-    order = jax.random.permutation(k_perm, images.shape[0])[: n_steps * BATCH]
-    batches = images[order].reshape(n_steps, BATCH, *images.shape[1:])  # uint8: 47 MB
-
-    def body(carry, xs):
-        params, opt_state = carry
-        batch, i = xs
-        params, opt_state, loss = functional_step(graphdef, tx, params, opt_state, batch, k_steps, i)
-        return (params, opt_state), loss
-
-    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), (batches, jnp.arange(n_steps)))
-    return params, opt_state, jnp.mean(losses)
 
 
 # ----------------------------------------------------------------- one epoch of each way
@@ -189,14 +92,15 @@ class Runner:
         t0 = time.perf_counter()
         if self.name == "vae_lib":
             images = self.images_dev if steps is None else self.images_dev[: n_steps * BATCH]
-            self.state, _ = training.train_epoch(self.state, images, key, BATCH)
+            self.state, _ = training.train_epoch_fused(self.state, images, key, BATCH)
             jax.block_until_ready(self.state.params)
         elif self.name == "scan_epoch":
             images = self.images_dev if steps is None else self.images_dev[: n_steps * BATCH]
-            self.params, self.opt_state, loss = scan_epoch(
-                self.graphdef, self.tx, self.params, self.opt_state, images, k_perm, k_steps
+            order = jax.random.permutation(k_perm, len(images))
+            self.params, self.opt_state, losses = scan_epoch(
+                self.graphdef, self.tx, self.params, self.opt_state, images, order, k_steps
             )
-            loss.block_until_ready()
+            losses.block_until_ready()
         else:
             order = np.asarray(jax.random.permutation(k_perm, len(self.images)))
             for i in range(n_steps):
@@ -217,8 +121,7 @@ def main() -> None:
     images, _ = data.load_fashion_mnist("train")
     load_before = os.getloadavg()
     t_start = time.perf_counter()
-    flops = training.step_matmul_flops(784, 400, 20)
-    assert flops * BATCH == sum(2 * a[0] * a[1] * b[1] for a, b in step_matmul_shapes())
+    flops = step_matmul_flops(784, 400, 20)
 
     names = ["eager", "nnx_jit", "jit_donate", "scan_epoch", "vae_lib"]
     runners = {n: Runner(n, images) for n in names}
@@ -230,7 +133,7 @@ def main() -> None:
         # see the same background load; the ceiling uses the best round (a ceiling is a
         # best case). JAX's threads are idle while numpy runs.
         peak.append(matmul_rate([((2048, 2048), (2048, 2048))], seconds=0.5))
-        at_shapes.append(matmul_rate(step_matmul_shapes(), seconds=0.5))
+        at_shapes.append(matmul_rate(step_matmul_shapes(BATCH), seconds=0.5))
         for n, r in runners.items():
             r.rounds.append(r.run(steps=EAGER_STEPS if n == "eager" else None))
 

@@ -1,4 +1,4 @@
-"""vae_lib.data: the real Fashion-MNIST, from every source, and clear errors when it is not there."""
+"""vae_lib.data and vae_lib.fetch: the real Fashion-MNIST, from every source, and clear errors when it is not there."""
 
 import gzip
 import os
@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from vae_lib import data
+from vae_lib import data, fetch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def test_unknown_split_is_rejected():
 
 
 def _copy_split(dst: Path, split: str, images=None, labels=None):
-    img, lab = data._FILES[split]
+    img, lab = data.FILES[split]
     src_images, src_labels = data.load_fashion_mnist(split)
     data.write_idx(dst / f"{img}.gz", src_images if images is None else images)
     data.write_idx(dst / f"{lab}.gz", (src_labels if labels is None else labels).astype(np.uint8))
@@ -129,7 +129,16 @@ def test_offline_without_local_files_fails_fast_naming_both_remedies(tmp_path):
 
 
 def test_online_probe_reports_a_refused_connection_as_offline():
-    assert data._online("127.0.0.1", 9, timeout=1.0) is False
+    assert fetch.is_online("127.0.0.1", 9, timeout=1.0) is False
+
+
+def test_importing_data_imports_neither_fetch_nor_tensorflow():
+    script = (
+        "import sys, vae_lib.data;"
+        "print(sorted(m for m in ('vae_lib.fetch', 'tensorflow', 'tensorflow_datasets') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.stdout.strip() == "[]", out.stderr[-2000:]
 
 
 def _real_test_split_as_tfds(fashion_test):
@@ -144,17 +153,28 @@ def _real_test_split_as_tfds(fashion_test):
     return as_dataset
 
 
-def test_tfds_path_yields_the_same_bytes_and_fills_the_cache(tmp_path, monkeypatch, fashion_test):
+def test_tfds_path_yields_the_official_bytes(tmp_path, monkeypatch, fashion_test):
     tfds = pytest.importorskip("tensorflow_datasets")
     pytest.importorskip("tensorflow")
     monkeypatch.setenv("VAE_LIB_DATA_DIR", str(tmp_path))
     with tfds.testing.mock_data(as_dataset_fn=_real_test_split_as_tfds(fashion_test)):
         images, labels = data.load_fashion_mnist("test")
     assert data.digest(images, labels) == data.DIGESTS["test"]
-    # The copy written after the tfds load is read back without tfds next time.
-    assert (tmp_path / "t10k-images-idx3-ubyte.gz").is_file()
-    again = data._load_local("test")
-    assert again is not None and data.digest(again[0], again[1]) == data.DIGESTS["test"]
+
+
+def test_tfds_load_leaves_a_copy_that_later_loads_read_without_tfds(tmp_path, monkeypatch, fashion_test):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    pytest.importorskip("tensorflow")
+    monkeypatch.setenv("VAE_LIB_DATA_DIR", str(tmp_path))
+    with tfds.testing.mock_data(as_dataset_fn=_real_test_split_as_tfds(fashion_test)):
+        data.load_fashion_mnist("test")
+
+    def no_tfds(split):
+        raise AssertionError("the second load went to tensorflow-datasets")
+
+    monkeypatch.setattr(fetch, "fashion_mnist_from_tfds", no_tfds)
+    images, labels = data.load_fashion_mnist("test")
+    assert data.digest(images, labels) == data.DIGESTS["test"]
 
 
 def test_tfds_path_rejects_data_that_is_not_fashion_mnist(tmp_path, monkeypatch):
@@ -171,11 +191,6 @@ def test_to_float_scales_to_unit_interval_and_flattens(fashion_test):
     x = data.to_float(fashion_test[0][:5])
     assert x.shape == (5, 784) and x.dtype == np.float32
     assert x.min() >= 0.0 and x.max() <= 1.0 and x.max() > 0.99
-
-
-def test_to_float_rejects_non_uint8_input():
-    with pytest.raises(TypeError, match="uint8"):
-        data.to_float(np.zeros((2, 28, 28), np.float32))
 
 
 def test_binarize_is_bernoulli_of_the_intensity():
@@ -222,7 +237,7 @@ def test_make_data_reports_ready_when_the_files_are_there(tmp_path, monkeypatch,
     _copy_split(tmp_path, "train")
     _copy_split(tmp_path, "test")
     monkeypatch.setenv("VAE_LIB_DATA_DIR", str(tmp_path))
-    assert data._fetch_main() == 0
+    assert fetch.main() == 0
     assert f"verified (IDX files in {tmp_path})" in capsys.readouterr().out
 
 
@@ -231,5 +246,5 @@ def test_make_data_fails_with_the_remedies_when_a_local_file_is_corrupt(tmp_path
     _copy_split(tmp_path, "test")
     (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip")
     monkeypatch.setenv("VAE_LIB_DATA_DIR", str(tmp_path))
-    assert data._fetch_main() == 1
+    assert fetch.main() == 1
     assert "dataset-fashion-mnist" in capsys.readouterr().err

@@ -66,7 +66,7 @@ def test_lock_file_agrees_with_every_pin():
 def test_binder_files_install_the_package_and_name_the_offline_data():
     assert "dataset-fashion-mnist" in (REPO / "apt.txt").read_text().split()
     post = (REPO / "postBuild").read_text()
-    assert "pip install" in post and "vae_lib.data" in post
+    assert "pip install" in post and "vae_lib.fetch" in post
     assert os.access(REPO / "postBuild", os.X_OK)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vae_lib.models import VAE, Autoencoder, Decoder, Encoder
+from vae_lib.models import VAE, Autoencoder, Decoder, Encoder, count_params
 
 
 def test_vae_returns_logits_sample_and_posterior_parameters():
@@ -57,3 +57,8 @@ def test_decoder_rejects_latents_of_the_wrong_size():
     model = VAE(hidden=16, latent=2, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"Decoder expects inputs of shape \(batch, 2\)"):
         model.decode(jnp.zeros((1, 3)))
+
+
+def test_count_params_counts_every_weight_and_bias():
+    model = Autoencoder(hidden=(), latent=3, rngs=nnx.Rngs(0))
+    assert count_params(model) == (784 * 3 + 3) + (3 * 784 + 784)

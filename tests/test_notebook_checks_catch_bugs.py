@@ -50,7 +50,7 @@ BUGS = [
     ),
     (
         "autoencoder_loss_averaged_over_pixels",
-        "vae_lib/training.py",
+        "vae_lib/losses.py",
         "loss = -jnp.mean(bernoulli_log_likelihood(x, model(x)))",
         "loss = -jnp.mean(bernoulli_log_likelihood(x, model(x))) / x.shape[-1]",
         "01_autoencoder.ipynb",

@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from vae_lib import training
+from vae_lib import evaluation, losses, training
 from vae_lib.models import VAE, Autoencoder
 
 
@@ -18,11 +18,11 @@ def _finite(model) -> bool:
 def test_short_training_lowers_the_test_negative_elbo(fashion_train, fashion_test):
     model = VAE(hidden=200, latent=10, rngs=nnx.Rngs(0))
     test_images = fashion_test[0][:2000]
-    before = training.evaluate(model, test_images, jax.random.key(1))["loss"]
+    before = evaluation.evaluate(model, test_images, jax.random.key(1))["loss"]
     history = training.fit(
         model, fashion_train[0][:12800], key=jax.random.key(2), epochs=2, test_images=test_images, progress=False
     )
-    after = training.evaluate(model, test_images, jax.random.key(1))["loss"]
+    after = evaluation.evaluate(model, test_images, jax.random.key(1))["loss"]
     assert after < before - 100, (before, after)  # about 543 -> 300 nats here
     assert history["epoch"] == [1, 2] and history["train_loss"][1] < history["train_loss"][0]
     assert len(history["test_loss"]) == 2 and abs(history["test_loss"][-1] - after) < 2.0
@@ -47,8 +47,8 @@ def test_same_seed_gives_the_same_training_run(fashion_train):
 def test_evaluation_samples_z_instead_of_using_the_posterior_mean(fashion_test):
     model = VAE(hidden=64, latent=4, rngs=nnx.Rngs(0))
     images = fashion_test[0][:500]
-    a = training.evaluate(model, images, jax.random.key(0))["loss"]
-    b = training.evaluate(model, images, jax.random.key(1))["loss"]
+    a = evaluation.evaluate(model, images, jax.random.key(0))["loss"]
+    b = evaluation.evaluate(model, images, jax.random.key(1))["loss"]
     assert a != b  # a different key draws different z (and binarization)
 
 
@@ -60,7 +60,7 @@ def test_autoencoder_trains_with_the_same_step(fashion_train):
         key=jax.random.key(0),
         epochs=2,
         progress=False,
-        loss_fn=training.autoencoder_loss,
+        loss_fn=losses.autoencoder_loss,
         binarize=False,
     )
     assert h["train_loss"][1] < h["train_loss"][0]

@@ -1,11 +1,16 @@
 """vae_lib: the small helper package of the VAE notebook series.
 
-One concept per module: ``data`` (Fashion-MNIST and batching), ``models`` (Flax NNX
-networks), ``objectives`` (log-densities, KL, ELBO, importance-weighted bound),
-``linear_gaussian`` (an exactly solvable latent model), ``estimators`` (score-function and
-pathwise gradient estimators), ``training`` (jitted Optax steps), ``checkpoint`` (saving
-parameters), ``plotting`` (figures), ``exercises`` (check functions for the notebooks' exercises),
-``claims`` (checks of the numbers the notebooks' prose states, within measured tolerances).
+One concept per module: ``data`` (reading Fashion-MNIST, turning images into model
+input, batches), ``fetch`` (getting the data: Debian package, tensorflow-datasets),
+``models`` (Flax NNX networks), ``objectives`` (log-densities, KL, ELBO, importance-weighted
+bound), ``linear_gaussian`` (an exactly solvable latent model), ``losses`` (the training
+losses), ``estimators`` (score-function and pathwise gradient estimators), ``training`` (the
+plain and the fused training loops, ``fit``), ``step_variants`` (the step written five ways),
+``evaluation`` (test ELBO), ``cost`` (FLOPs and matmul rates), ``memory`` (releasing compiled
+programs), ``checkpoint`` (saving parameters), ``plotting`` (figures), ``exercises`` (check
+functions for the notebooks' exercises), ``claims`` (checks of the numbers the notebooks'
+prose states, within measured tolerances). The README's Layout section says which notebook
+teaches each.
 """
 
 __version__ = "0.1.0"

@@ -1,17 +1,20 @@
-"""Fashion-MNIST (and MNIST) as numpy arrays, plus the small transforms the series uses.
+"""Fashion-MNIST as numpy arrays: reading and verifying it, plus the small transforms the series uses.
 
-Where the data comes from, in order:
+Where :func:`load_fashion_mnist` finds the data, in order:
 
 1. Local IDX files (the format the dataset is published in, gzipped or not):
    the folder named by the environment variable ``VAE_LIB_DATA_DIR`` when it is set
    (then it is the only local place looked at); otherwise the folder of the
    Debian/Ubuntu package ``dataset-fashion-mnist`` and then vae_lib's own cache.
-2. tensorflow-datasets' ``fashion_mnist``, which downloads when online. What it
-   returns is written to the cache as IDX files, so the next load needs neither the
-   network nor TensorFlow.
+2. tensorflow-datasets' ``fashion_mnist``, which downloads when online (through
+   :mod:`vae_lib.fetch`, imported only then). What it returns is written to the cache
+   as IDX files, so the next load needs neither the network nor TensorFlow.
 
 Whatever the source, the decoded arrays are checked against a recorded SHA-256
 digest, so every reader of the series trains on the same bytes.
+
+Getting the data onto a machine (Debian's package, a tfds download, ``make data``)
+is :mod:`vae_lib.fetch`'s job; importing this module never imports it or TensorFlow.
 """
 
 from __future__ import annotations
@@ -19,12 +22,34 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import socket
 import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+__all__ = [
+    "CLASS_NAMES",
+    "DEBIAN_DIR",
+    "DIGESTS",
+    "FILES",
+    "SIZES",
+    "DataError",
+    "batch_indices",
+    "binarize",
+    "cache_dir",
+    "check_images",
+    "digest",
+    "iterate_batches",
+    "load_fashion_mnist",
+    "local_dirs",
+    "local_folder",
+    "prepare_batch",
+    "read_idx",
+    "to_float",
+    "verify",
+    "write_idx",
+]
 
 CLASS_NAMES = (
     "T-shirt/top",
@@ -40,11 +65,13 @@ CLASS_NAMES = (
 )
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-_FILES = {
+# The four IDX files of each split, (images, labels), as published (each also read as .gz).
+FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-_SIZES = {"train": 60000, "test": 10000}
+# Number of examples in each split.
+SIZES = {"train": 60000, "test": 10000}
 # SHA-256 of images.tobytes() + labels.tobytes() (uint8, official order).
 DIGESTS = {
     "train": "16d82e2b505296aa2b78bd5ea0992634f30419a4c97def7c907d154a35ac6157",
@@ -76,8 +103,16 @@ def local_dirs() -> list[Path]:
     return [DEBIAN_DIR, cache_dir()]
 
 
+def local_folder() -> Path | None:
+    """The first of :func:`local_dirs` that holds all four IDX files (found by name, not decoded)."""
+    for folder in local_dirs():
+        if all(_find(folder, stem) for pair in FILES.values() for stem in pair):
+            return folder
+    return None
+
+
 def _check_split(split: str) -> None:
-    if split not in _FILES:
+    if split not in FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
 
 
@@ -136,7 +171,7 @@ def digest(images: np.ndarray, labels: np.ndarray) -> str:
 
 def verify(split: str, images: np.ndarray, labels: np.ndarray, source: str) -> None:
     """Raise :class:`DataError` unless the arrays are the official Fashion-MNIST split."""
-    n = _SIZES[split]
+    n = SIZES[split]
     if images.shape != (n, 28, 28) or labels.shape != (n,):
         raise DataError(
             f"Fashion-MNIST {split} from {source} has images {images.shape} and "
@@ -152,7 +187,7 @@ def verify(split: str, images: np.ndarray, labels: np.ndarray, source: str) -> N
 
 
 def _load_local(split: str) -> tuple[np.ndarray, np.ndarray, str] | None:
-    img_stem, lab_stem = _FILES[split]
+    img_stem, lab_stem = FILES[split]
     for folder in local_dirs():
         img, lab = _find(folder, img_stem), _find(folder, lab_stem)
         if img is None and lab is None:
@@ -162,59 +197,6 @@ def _load_local(split: str) -> tuple[np.ndarray, np.ndarray, str] | None:
             raise DataError(f"{folder} holds only half of the {split} split: {missing}(.gz) is missing. {_HOW_TO_GET}")
         return read_idx(img), read_idx(lab).astype(np.int64), str(folder)
     return None
-
-
-def _online(host: str = "storage.googleapis.com", port: int = 443, timeout: float = 3.0) -> bool:
-    """True when a TCP connection to tfds' download host opens within `timeout` seconds."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _import_tfds():
-    """Import tensorflow-datasets quietly, keeping TensorFlow off any GPU."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow_datasets as tfds
-
-    try:
-        import tensorflow as tf
-
-        tf.config.set_visible_devices([], "GPU")
-    except Exception:  # noqa: BLE001 - TensorFlow is optional until tfds needs it
-        pass
-    return tfds
-
-
-def load_from_tfds(name: str, split: str, download: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Load a tfds image-classification data set as (uint8 images (N, 28, 28), int labels)."""
-    tfds = _import_tfds()
-    ds = tfds.load(name, split=split, as_supervised=True, download=download)
-    chunks = list(tfds.as_numpy(ds.batch(10000)))
-    if not chunks:
-        raise DataError(f"tensorflow-datasets returned no examples for {name} {split}.")
-    images = np.concatenate([np.asarray(c[0], dtype=np.uint8) for c in chunks])
-    labels = np.concatenate([np.asarray(c[1], dtype=np.int64) for c in chunks])
-    return images.reshape(-1, 28, 28), labels
-
-
-def _load_tfds_fashion(split: str) -> tuple[np.ndarray, np.ndarray]:
-    try:  # already prepared by tfds on this machine: no network needed
-        return load_from_tfds("fashion_mnist", split, download=False)
-    except ImportError as e:
-        raise DataError(
-            f"Fashion-MNIST is not on this machine and tensorflow-datasets cannot run here ({e}). {_HOW_TO_GET}"
-        ) from e
-    except Exception:  # noqa: BLE001 - not prepared yet; fall through to a download
-        pass
-    if not _online():
-        raise DataError(
-            f"Fashion-MNIST was not found locally (looked in: "
-            f"{', '.join(map(str, local_dirs()))}) and this machine is offline, so "
-            f"tensorflow-datasets cannot download it. {_HOW_TO_GET}"
-        )
-    return load_from_tfds("fashion_mnist", split, download=True)
 
 
 def load_fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
@@ -231,11 +213,13 @@ def load_fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
         images, labels, source = found
         verify(split, images, labels, source)
         return images, labels
-    images, labels = _load_tfds_fashion(split)
+    from vae_lib import fetch  # here, not at the top: local loads never import fetch (nor TensorFlow)
+
+    images, labels = fetch.fashion_mnist_from_tfds(split)
     verify(split, images, labels, "tensorflow-datasets")
     target = local_dirs()[0] if os.environ.get("VAE_LIB_DATA_DIR") else cache_dir()
     try:  # keep a copy so later loads need neither the network nor TensorFlow
-        img_stem, lab_stem = _FILES[split]
+        img_stem, lab_stem = FILES[split]
         write_idx(target / (img_stem + ".gz"), images)
         write_idx(target / (lab_stem + ".gz"), labels.astype(np.uint8))
     except OSError:
@@ -243,33 +227,68 @@ def load_fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def load_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """MNIST digits through tensorflow-datasets (online only: no offline copy is packaged).
+# ------------------------------------------------------------ images -> model input
+# The one place that turns images into what a model reads: float32 vectors in [0, 1].
+# Host-side functions check values (check_images, to_float); prepare_batch runs inside
+# compiled steps, where values cannot be checked, so fit and evaluate check first.
 
-    Same return convention as :func:`load_fashion_mnist`.
-    """
-    _check_split(split)
-    try:
-        return load_from_tfds("mnist", split, download=False)
-    except ImportError as e:
-        raise DataError(f"load_mnist needs tensorflow-datasets and TensorFlow ({e}).") from e
-    except Exception:  # noqa: BLE001 - not prepared yet
-        pass
-    if not _online():
-        raise DataError(
-            "MNIST is only available through tensorflow-datasets, which needs a "
-            "network connection the first time; this machine is offline. "
-            "Use load_fashion_mnist, which works offline."
+
+def _check_pixel_values(images: np.ndarray, who: str) -> None:
+    if images.dtype == np.uint8 or images.dtype == np.bool_ or images.size == 0:
+        return
+    if not np.issubdtype(images.dtype, np.floating):
+        raise ValueError(
+            f"{who} expects uint8 pixels or floats in [0, 1]; got dtype {images.dtype}. "
+            f"Convert 0..255 integers with .astype(np.uint8)."
         )
-    return load_from_tfds("mnist", split, download=True)
+    if not np.all(np.isfinite(images)):
+        raise ValueError(f"{who} images contain NaN or infinite values; expected floats in [0, 1].")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(
+            f"{who} expects uint8 pixels or floats in [0, 1] (the Bernoulli likelihood); "
+            f"got values in [{lo:g}, {hi:g}]. Divide by 255 (or pass the uint8 images)."
+        )
 
 
-def to_float(images: np.ndarray) -> np.ndarray:
-    """uint8 images (..., 28, 28) -> float32 vectors (..., 784) scaled to [0, 1]."""
+def _scale(x, xp):
+    """uint8 0..255 -> float32 in [0, 1]; floats -> float32. ``xp`` is numpy or jax.numpy."""
+    return x.astype(xp.float32) / 255.0 if x.dtype == xp.uint8 else x.astype(xp.float32)
+
+
+def check_images(images, who: str = "images") -> None:
+    """Check a batch of images on the host before it enters compiled code.
+
+    Args:
+        images: uint8 (N, 28, 28) or (N, 784), or floats of those shapes in [0, 1].
+        who: the name the error message starts with.
+
+    Raises:
+        ValueError: another rank, NaN or infinite values, or floats outside [0, 1]; the
+            message says what was expected and how to fix it.
+    """
     images = np.asarray(images)
-    if images.dtype != np.uint8:
-        raise TypeError(f"to_float expects uint8 pixels 0..255, got dtype {images.dtype}.")
-    return images.reshape(*images.shape[:-2], -1).astype(np.float32) / 255.0
+    if images.ndim not in (2, 3):
+        raise ValueError(f"{who} expects images of shape (N, 28, 28) or (N, 784); got {images.shape}.")
+    _check_pixel_values(images, who)
+
+
+def to_float(images, who: str = "to_float") -> np.ndarray:
+    """Images -> float32 vectors (..., 784) in [0, 1], on the host, values checked.
+
+    Args:
+        images: uint8 (..., H, W) (divided by 255), or floats (..., 28, 28) or (..., D)
+            already in [0, 1].
+        who: the name an error message starts with.
+
+    Returns:
+        A float32 NumPy array with the last two axes flattened.
+    """
+    images = np.asarray(images)
+    _check_pixel_values(images, who)
+    if images.ndim >= 2 and (images.dtype == np.uint8 or images.shape[-2:] == (28, 28)):
+        images = images.reshape(*images.shape[:-2], -1)  # uint8 images are always (..., H, W)
+    return _scale(images, np)
 
 
 def binarize(key, x):
@@ -283,6 +302,19 @@ def binarize(key, x):
     import jax.numpy as jnp
 
     return jax.random.bernoulli(key, x).astype(jnp.float32)
+
+
+def prepare_batch(images, key, binarize_pixels: bool):
+    """Inside a compiled step: a batch uint8 (B, 28, 28) or float (B, 784) -> float32 (B, 784).
+
+    Scaled to [0, 1] and, with ``binarize_pixels``, binarized with ``key``. Values are not
+    checked here (they are abstract inside ``jax.jit``): :func:`check_images` checks them
+    on the host first.
+    """
+    import jax.numpy as jnp
+
+    x = _scale(images.reshape(images.shape[0], -1), jnp)
+    return binarize(key, x) if binarize_pixels else x
 
 
 def batch_indices(key, num_examples: int, batch_size: int, drop_last: bool = True) -> list[np.ndarray]:
@@ -302,52 +334,3 @@ def iterate_batches(
     """Yield shuffled batches of `images` (and `labels`, when given), seeded by `key`."""
     for idx in batch_indices(key, len(images), batch_size, drop_last):
         yield images[idx] if labels is None else (images[idx], labels[idx])
-
-
-def _local_folder() -> Path | None:
-    """The first local folder that holds all four IDX files (found by name, not decoded)."""
-    for folder in local_dirs():
-        if all(_find(folder, stem) for pair in _FILES.values() for stem in pair):
-            return folder
-    return None
-
-
-def _install_debian_package() -> bool:
-    """apt-get install dataset-fashion-mnist (refreshing the package lists if needed)."""
-    import subprocess
-
-    install = ["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"]
-    return subprocess.run(install).returncode == 0 or (
-        subprocess.run(["apt-get", "update", "-qq"]).returncode == 0 and subprocess.run(install).returncode == 0
-    )
-
-
-def _fetch_main() -> int:
-    """`python -m vae_lib.data` (what `make data` runs): make Fashion-MNIST available.
-
-    Nothing to do if local files are there; else Debian's package (as root, with apt);
-    else tensorflow-datasets. Either way each split is loaded once, which verifies it.
-    """
-    import shutil
-    import sys
-
-    folder = _local_folder()
-    if folder is None and not os.environ.get("VAE_LIB_DATA_DIR") and shutil.which("apt-get") and os.geteuid() == 0:
-        print("Installing Debian's package dataset-fashion-mnist ...", flush=True)
-        if _install_debian_package():
-            folder = _local_folder()
-    if folder is None:
-        print("Fetching Fashion-MNIST through tensorflow-datasets ...", flush=True)
-    try:
-        for split in _FILES:
-            load_fashion_mnist(split)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    where = folder if folder is not None else _local_folder()
-    print(f"Fashion-MNIST is ready and verified (IDX files in {where}).")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_fetch_main())

@@ -23,17 +23,12 @@ Functions here, one idea each:
   exact variances for the setup of Mohamed, Rosca, Figurnov & Mnih (JMLR 2020, Fig. 2),
   x ~ N(mu, sigma^2) and f(x) = (x - k)^2, extended to x in R^D with f = sum_d (x_d - k)^2.
   The derivation is in notebook 03.
-* :func:`score_function_loss`: a surrogate loss for a :class:`vae_lib.models.VAE` whose
-  gradient is the score-function estimate for the encoder (phi) and the ordinary gradient
-  for the decoder (theta). It has the signature of :func:`vae_lib.training.vae_loss`, so it
-  trains with :func:`vae_lib.training.train_step` or :func:`vae_lib.training.fit`.
 * :func:`vae_encoder_grads`: single-sample estimates of the ELBO's gradient with respect to
-  the encoder's parameters (pathwise, or score function with a baseline), one flattened
+  the encoder's parameters (pathwise, or score function with a baseline: the gradients of
+  :func:`vae_lib.losses.vae_loss` and :func:`vae_lib.losses.score_function_loss`), one flattened
   vector per row; :func:`vae_encoder_grad_moments`: their per-parameter mean and variance,
   streamed (for many samples of a big encoder); :func:`row_moments` and
   :func:`gradient_summary`: total variance and signal-to-noise ratio.
-* :func:`normal_log_density`: log N(x; mean, diag(std^2)) for arrays of any shape, whose
-  gradient in (mean, std) is the score the score-function estimator multiplies by f.
 
 Equation numbers refer to the lecture note (shared/seeds/000_303b5e48acb7a591.txt).
 """
@@ -48,12 +43,29 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.flatten_util import ravel_pytree
+from jax.typing import ArrayLike
 
-from vae_lib.objectives import bernoulli_log_likelihood, gaussian_log_density, kl_to_standard_normal, reparameterize
-from vae_lib.training import vae_loss
+from vae_lib.data import check_images
+from vae_lib.losses import VAE_BASELINES, score_function_loss, vae_loss
+from vae_lib.objectives import bernoulli_log_likelihood, gaussian_log_density_std, reparameterize
+
+__all__ = [
+    "ESTIMATORS",
+    "gaussian_quadratic_expectation",
+    "gaussian_quadratic_gradients",
+    "gaussian_quadratic_optimal_baselines",
+    "gaussian_quadratic_variances",
+    "gradient_summary",
+    "pathwise_samples",
+    "reconstruction_grads",
+    "row_moments",
+    "score_function_samples",
+    "vae_encoder_grad_moments",
+    "vae_encoder_grads",
+    "variance_and_se",
+]
 
 ESTIMATORS = ("pathwise", "score")
-VAE_BASELINES = ("batch", "posterior_mean")
 
 
 # --------------------------------------------------------------------------------------
@@ -61,14 +73,15 @@ VAE_BASELINES = ("batch", "posterior_mean")
 # --------------------------------------------------------------------------------------
 
 
-def _mean_std(mean, std):
+def _mean_std(mean: ArrayLike, std: ArrayLike) -> tuple[jax.Array, jax.Array]:
+    """Host-side checks of the Gaussian's parameters (these functions are called outside jit)."""
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
     if mean.shape != std.shape:
         raise ValueError(
             f"mean has shape {tuple(mean.shape)} but std has shape {tuple(std.shape)}; they must be the same."
         )
-    if not isinstance(std, jax.core.Tracer) and std.size and not bool(jnp.all(std > 0)):
+    if std.size and not bool(jnp.all(std > 0)):
         raise ValueError("std must be positive everywhere (it is a standard deviation, not a log-variance).")
     return mean, std
 
@@ -83,25 +96,14 @@ def _check_cost(f: Callable, mean) -> None:
         )
 
 
-def _logvar(std):
-    return 2.0 * jnp.log(std)
-
-
-def normal_log_density(x, mean, std):
-    """log N(x; mean, diag(std^2)), summed over all elements of x (any one shape).
-
-    The same function as :func:`vae_lib.objectives.gaussian_log_density` (which sums over the
-    last axis and takes a log-variance), applied to the flattened arrays.
-    """
-    return gaussian_log_density(jnp.ravel(x), jnp.ravel(mean), jnp.ravel(_logvar(std)))
-
-
 def _noise(key, mean, num_samples):
     """eps ~ N(0, I) of shape (num_samples, *mean.shape): row i drives sample i."""
     return jax.random.normal(key, (num_samples, *mean.shape), mean.dtype)
 
 
-def score_function_samples(f: Callable, mean, std, key, num_samples: int, baseline=0.0):
+def score_function_samples(
+    f: Callable, mean: ArrayLike, std: ArrayLike, key: jax.Array, num_samples: int, baseline: float = 0.0
+) -> tuple[jax.Array, jax.Array]:
     """Single-sample score-function (REINFORCE) estimates of grad E[f(x)], x ~ N(mean, diag(std^2)).
 
     The log-derivative identity grad_theta q_theta(x) = q_theta(x) grad_theta log q_theta(x)
@@ -111,7 +113,7 @@ def score_function_samples(f: Callable, mean, std, key, num_samples: int, baseli
 
     for any constant baseline b, because E_q[grad_theta log q_theta(x)] = 0. For the
     Gaussian the scores are (x - mean) / std^2 and ((x - mean)^2 - std^2) / std^3; here they
-    come from autodiff of :func:`normal_log_density` at a fixed (non-differentiated) x.
+    come from autodiff of :func:`vae_lib.objectives.gaussian_log_density_std` at a fixed (non-differentiated) x.
 
     Args:
         f: scalar cost of one x of ``mean``'s shape; it is only evaluated, never
@@ -135,7 +137,7 @@ def score_function_samples(f: Callable, mean, std, key, num_samples: int, baseli
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
 def _score_rows(f, mean, std, key, num_samples, baseline):
-    score = jax.grad(normal_log_density, argnums=(1, 2))
+    score = jax.grad(gaussian_log_density_std, argnums=(1, 2))
 
     def one(eps):
         x = jax.lax.stop_gradient(mean + std * eps)  # a fixed draw: no path to (mean, std)
@@ -146,7 +148,9 @@ def _score_rows(f, mean, std, key, num_samples, baseline):
     return jax.vmap(one)(_noise(key, mean, num_samples))
 
 
-def pathwise_samples(f: Callable, mean, std, key, num_samples: int):
+def pathwise_samples(
+    f: Callable, mean: ArrayLike, std: ArrayLike, key: jax.Array, num_samples: int
+) -> tuple[jax.Array, jax.Array]:
     """Single-sample pathwise (reparameterization) estimates of grad E[f(x)], x ~ N(mean, diag(std^2)).
 
     The note's eqs. 12-16 with g(eps) = mean + std * eps, eps ~ N(0, I): since p(eps) does
@@ -178,19 +182,21 @@ def _pathwise_rows(f, mean, std, key, num_samples):
 # --------------------------------------------------------------------------------------
 
 
-def gaussian_quadratic_expectation(mu, sigma, k, dim: int = 1):
+def gaussian_quadratic_expectation(mu: ArrayLike, sigma: ArrayLike, k: ArrayLike, dim: ArrayLike = 1) -> np.ndarray:
     """E[f(x)] for x ~ N(mu 1, sigma^2 I_D) and f(x) = sum_d (x_d - k)^2: D ((mu - k)^2 + sigma^2)."""
     mu, sigma, k = (np.asarray(v, np.float64) for v in (mu, sigma, k))
     return dim * ((mu - k) ** 2 + sigma**2)
 
 
-def gaussian_quadratic_gradients(mu, sigma, k):
+def gaussian_quadratic_gradients(mu: ArrayLike, sigma: ArrayLike, k: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Exact (d/dmu_1, d/dsigma_1) of E[f] above: (2 (mu - k), 2 sigma), for any D."""
     mu, sigma, k = (np.asarray(v, np.float64) for v in (mu, sigma, k))
     return 2.0 * (mu - k), 2.0 * sigma + 0.0 * k
 
 
-def gaussian_quadratic_variances(mu, sigma, k, baseline=0.0, dim: int = 1) -> dict:
+def gaussian_quadratic_variances(
+    mu: ArrayLike, sigma: ArrayLike, k: ArrayLike, baseline: ArrayLike = 0.0, dim: ArrayLike = 1
+) -> dict[str, np.ndarray]:
     """Exact variances of the single-sample estimators for Mohamed et al. (JMLR 2020), Fig. 2.
 
     Setup: x ~ N(mu 1, sigma^2 I_D), f(x) = sum_d (x_d - k)^2 (D = ``dim``; D = 1 is the
@@ -226,7 +232,9 @@ def gaussian_quadratic_variances(mu, sigma, k, baseline=0.0, dim: int = 1) -> di
     return {name: np.broadcast_to(v, shape) for name, v in out.items()}
 
 
-def gaussian_quadratic_optimal_baselines(mu, sigma, k, dim: int = 1):
+def gaussian_quadratic_optimal_baselines(
+    mu: ArrayLike, sigma: ArrayLike, k: ArrayLike, dim: ArrayLike = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """The constant baselines that minimise the score-function variances above.
 
     Each variance is a parabola in b with its minimum where E[c] = -3 s^2 (for mu) and
@@ -242,60 +250,6 @@ def gaussian_quadratic_optimal_baselines(mu, sigma, k, dim: int = 1):
 # --------------------------------------------------------------------------------------
 # The VAE: gradients of the ELBO with respect to the encoder's parameters phi
 # --------------------------------------------------------------------------------------
-
-
-def _vae_baseline(baseline, model, x, mean, log_px):
-    if isinstance(baseline, str):
-        if baseline == "batch":  # leave-one-out mean (score_function_loss checks n >= 2)
-            n = log_px.shape[0]
-            return (jnp.sum(log_px) - log_px) / (n - 1)
-        if baseline == "posterior_mean":
-            return bernoulli_log_likelihood(x, model.decoder(mean))
-        raise ValueError(f"baseline must be a number or one of {VAE_BASELINES}; got {baseline!r}.")
-    return jnp.asarray(baseline, jnp.float32)
-
-
-def score_function_loss(params, graphdef, x, key, baseline=0.0):
-    """Surrogate loss of a VAE: score-function gradient for phi, ordinary gradient for theta.
-
-    The ELBO is E_q[log p(x|z)] - KL(q(z|x) || p(z)) (the note's eq. 2, corrected); the KL
-    is in closed form (as in :func:`vae_lib.training.vae_loss`), so only the first term
-    needs a Monte Carlo gradient. With z ~ q_phi(z|x) drawn and then held fixed
-    (``stop_gradient``: no path from phi to z), the per-example surrogate is
-
-        log p_theta(x|z) + stop_gradient(log p(x|z) - b(x)) * log q_phi(z|x) - KL,
-
-    whose gradient for theta is grad_theta log p_theta(x|z) and for phi is the
-    score-function estimate (log p(x|z) - b) grad_phi log q_phi(z|x) - grad_phi KL.
-    The baseline b(x) must not depend on this z; choices:
-
-    * a number: a constant (0.0 is no baseline);
-    * ``"batch"``: the mean of log p(x_j|z_j) over the *other* examples j of the batch
-      (leave-one-out, so it is independent of z_i and the estimate stays unbiased);
-    * ``"posterior_mean"``: log p(x | z = mean of q(z|x)), the same image decoded at the
-      encoder's mean: one more decoder pass, a baseline fitted to each example.
-
-    Same signature and metrics as :func:`vae_lib.training.vae_loss`: returns
-    ``(surrogate, metrics)`` where ``metrics["loss"]`` is the true negative ELBO (mean over
-    the batch, nats per example) at the same z; the surrogate's value means nothing, only its
-    gradient does. Use ``functools.partial(score_function_loss, baseline=...)`` as the
-    ``loss_fn`` of :func:`vae_lib.training.create_train_state` or :func:`vae_lib.training.fit`.
-    """
-    if isinstance(baseline, str) and baseline == "batch" and x.shape[0] < 2:
-        raise ValueError(
-            "baseline='batch' averages log p(x|z) over the *other* examples of the "
-            "batch, so it needs at least 2 examples."
-        )
-    model = nnx.merge(graphdef, params)
-    mean, logvar = model.encoder(x)
-    z = jax.lax.stop_gradient(reparameterize(key, mean, logvar))
-    log_px = bernoulli_log_likelihood(x, model.decoder(z))
-    kl = kl_to_standard_normal(mean, logvar)
-    b = jax.lax.stop_gradient(_vae_baseline(baseline, model, x, mean, log_px))
-    log_q = gaussian_log_density(z, mean, logvar)
-    surrogate = log_px + jax.lax.stop_gradient(log_px - b) * log_q - kl
-    loss = -jnp.mean(log_px - kl)
-    return -jnp.mean(surrogate), {"loss": loss, "log_px_given_z": jnp.mean(log_px), "kl": jnp.mean(kl)}
 
 
 def _row_function(params, graphdef, x, estimator, baseline):
@@ -339,7 +293,9 @@ def _encoder_grad_moments(params, x, key, *, graphdef, num_samples, estimator, b
     return mean, m2 / (num_samples - 1)
 
 
-def _check_vae_args(x, num_samples, estimator, baseline):
+def _vae_args(model: nnx.Module, x: ArrayLike, num_samples: int, estimator: str, baseline, chunk_size) -> dict:
+    """Check the arguments of the two functions below; return the keyword arguments of the
+    compiled functions (everything but params, x and key)."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}.")
     if isinstance(baseline, str):
@@ -349,17 +305,31 @@ def _check_vae_args(x, num_samples, estimator, baseline):
         baseline = float(baseline)
     if estimator == "pathwise" and baseline != 0.0:
         raise ValueError("A baseline only applies to the score-function estimator; the pathwise estimator takes none.")
-    x = jnp.asarray(x, jnp.float32)
-    if x.ndim != 2:
-        raise ValueError(f"x must be a batch of shape (B, D); got {tuple(x.shape)}. For one example pass x[i:i + 1].")
-    if int(num_samples) < 2:
+    if np.ndim(x) != 2:
+        raise ValueError(f"x must be a batch of shape (B, D); got {np.shape(x)}. For one example pass x[i:i + 1].")
+    if np.asarray(x).dtype == np.uint8:
+        raise ValueError("x must be float pixels in [0, 1] (binarized or not); scale uint8 images with data.to_float.")
+    check_images(x, "the gradient estimators")
+    num_samples = int(num_samples)
+    if num_samples < 2:
         raise ValueError(f"num_samples must be at least 2; got {num_samples}.")
-    return x, int(num_samples), baseline
+    if chunk_size is not None:
+        chunk_size = min(int(chunk_size), num_samples)
+    graphdef = nnx.graphdef(model)
+    return dict(
+        graphdef=graphdef, num_samples=num_samples, estimator=estimator, baseline=baseline, chunk_size=chunk_size
+    )
 
 
 def vae_encoder_grads(
-    model, x, key, num_samples: int, estimator: str = "pathwise", baseline=0.0, chunk_size: int | None = 32
-):
+    model: nnx.Module,
+    x: ArrayLike,
+    key: jax.Array,
+    num_samples: int,
+    estimator: str = "pathwise",
+    baseline: float | str = 0.0,
+    chunk_size: int | None = 32,
+) -> jax.Array:
     """Single-sample estimates of grad_phi ELBO for a VAE's encoder, one flattened vector per row.
 
     The quantity estimated is the gradient, with respect to the encoder's parameters phi,
@@ -371,10 +341,11 @@ def vae_encoder_grads(
     Args:
         model: a :class:`vae_lib.models.VAE` (not modified).
         x: float images (B, D) in [0, 1].
-        estimator: ``"pathwise"`` (reparameterization, as :func:`vae_lib.training.vae_loss`
-            trains) or ``"score"`` (the gradient of :func:`score_function_loss`).
+        estimator: ``"pathwise"`` (reparameterization: the gradient of
+            :func:`vae_lib.losses.vae_loss`) or ``"score"`` (the gradient of
+            :func:`vae_lib.losses.score_function_loss`).
         baseline: for ``"score"`` only: a number, ``"batch"`` or ``"posterior_mean"`` (see
-            :func:`score_function_loss`).
+            :func:`vae_lib.losses.score_function_loss`).
         chunk_size: rows computed together (``jax.lax.map``'s batch_size); smaller uses less
             memory.
 
@@ -384,24 +355,18 @@ def vae_encoder_grads(
         num_samples * P floats (330,040 parameters for the 784-400-20 VAE); for many samples
         of a big encoder use :func:`vae_encoder_grad_moments`, which keeps only two vectors.
     """
-    x, num_samples, baseline = _check_vae_args(x, num_samples, estimator, baseline)
-    if chunk_size is not None:
-        chunk_size = min(int(chunk_size), num_samples)
-    graphdef, params = nnx.split(model)
-    return _encoder_grad_rows(
-        params,
-        x,
-        key,
-        graphdef=graphdef,
-        num_samples=num_samples,
-        estimator=estimator,
-        baseline=baseline,
-        chunk_size=chunk_size,
-    )
+    kwargs = _vae_args(model, x, num_samples, estimator, baseline, chunk_size)
+    return _encoder_grad_rows(nnx.state(model), jnp.asarray(x, jnp.float32), key, **kwargs)
 
 
 def vae_encoder_grad_moments(
-    model, x, key, num_samples: int, estimator: str = "pathwise", baseline=0.0, chunk_size: int = 16
+    model: nnx.Module,
+    x: ArrayLike,
+    key: jax.Array,
+    num_samples: int,
+    estimator: str = "pathwise",
+    baseline: float | str = 0.0,
+    chunk_size: int = 16,
 ) -> dict:
     """Per-parameter mean and variance of the rows of :func:`vae_encoder_grads`, streamed.
 
@@ -409,28 +374,60 @@ def vae_encoder_grad_moments(
     the rows are reduced ``chunk_size`` at a time, so memory holds a few vectors of P floats
     instead of num_samples of them. ``num_samples`` must be a multiple of ``chunk_size``.
 
-    Returns a dict: ``mean`` (P,) (the Monte Carlo gradient), ``variance`` (P,) (of one
-    single-sample estimate, ddof=1) and ``num_samples``; :func:`gradient_summary` reduces it.
+    Returns:
+        A dict: ``mean`` (P,) (the Monte Carlo gradient), ``variance`` (P,) (of one
+        single-sample estimate, ddof=1) and ``num_samples``; :func:`gradient_summary`
+        reduces it.
     """
-    x, num_samples, baseline = _check_vae_args(x, num_samples, estimator, baseline)
-    chunk_size = min(int(chunk_size), num_samples)
-    if num_samples % chunk_size:
-        raise ValueError(f"num_samples ({num_samples}) must be a multiple of chunk_size ({chunk_size}).")
+    kwargs = _vae_args(model, x, num_samples, estimator, baseline, chunk_size)
+    if kwargs["num_samples"] % kwargs["chunk_size"]:
+        raise ValueError(f"num_samples ({num_samples}) must be a multiple of chunk_size ({kwargs['chunk_size']}).")
+    mean, variance = _encoder_grad_moments(nnx.state(model), jnp.asarray(x, jnp.float32), key, **kwargs)
+    return {"mean": mean, "variance": variance, "num_samples": kwargs["num_samples"]}
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "reparameterized"))
+def _reconstruction_grads(params, x, key, *, graphdef, reparameterized):
+    def term(p):
+        model = nnx.merge(graphdef, p)
+        mean, logvar = model.encoder(x)
+        z = reparameterize(key, mean, logvar)
+        if not reparameterized:
+            z = jax.lax.stop_gradient(z)  # the sample as a plain number: no path back to mean, logvar
+        return jnp.mean(bernoulli_log_likelihood(x, model.decoder(z)))
+
+    return jax.grad(term)(params)
+
+
+def reconstruction_grads(model: nnx.Module, x: ArrayLike, key: jax.Array, reparameterized: bool) -> nnx.State:
+    """Gradient of the batch-mean reconstruction term log p(x|z), z ~ q(z|x), in all parameters.
+
+    With ``reparameterized`` the sample z = mean + std * eps is differentiated through; without
+    it z is held fixed (``stop_gradient``), the note's Figure 2 left panel: the encoder's
+    gradient is then exactly zero and the decoder's is unchanged (notebook 02).
+
+    Returns:
+        The gradient as an ``nnx.State`` of the model's shape (``["encoder"]``, ``["decoder"]``).
+    """
+    check_images(x, "reconstruction_grads")
     graphdef, params = nnx.split(model)
-    mean, variance = _encoder_grad_moments(
-        params,
-        x,
-        key,
-        graphdef=graphdef,
-        num_samples=num_samples,
-        estimator=estimator,
-        baseline=baseline,
-        chunk_size=chunk_size,
+    return _reconstruction_grads(
+        params, jnp.asarray(x, jnp.float32), key, graphdef=graphdef, reparameterized=bool(reparameterized)
     )
-    return {"mean": mean, "variance": variance, "num_samples": num_samples}
 
 
-def row_moments(rows) -> dict:
+def variance_and_se(g: ArrayLike) -> tuple[float, float]:
+    """The variance of samples g (in float64) and its standard error, sqrt((m4 - var^2) / n).
+
+    m4 is the fourth central moment; the formula is the large-n standard error of the
+    sample variance, used to say whether a measured variance agrees with an exact one.
+    """
+    g = np.asarray(g, np.float64)
+    v = g.var()
+    return float(v), float(np.sqrt((np.mean((g - g.mean()) ** 4) - v**2) / len(g)))
+
+
+def row_moments(rows: ArrayLike) -> dict:
     """The dict of :func:`vae_encoder_grad_moments` for rows already in memory (num_samples, P)."""
     rows = jnp.asarray(rows)
     if rows.ndim != 2 or rows.shape[0] < 2:

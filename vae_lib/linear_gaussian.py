@@ -18,7 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from vae_lib.objectives import LOG_2PI
+from vae_lib.objectives import LOG_2PI, gaussian_log_density_full
 
 
 class LinearGaussian(NamedTuple):
@@ -40,18 +40,10 @@ def sample_x(model: LinearGaussian, key, num: int):
     return z @ model.W.T + model.b + jnp.sqrt(model.s2) * jax.random.normal(kx, (num, model.W.shape[0]))
 
 
-def mvn_log_density(x, mean, cov):
-    """log N(x; mean, cov) for a full covariance matrix; x of shape (D,) or (N, D)."""
-    d = x.shape[-1]
-    chol = jnp.linalg.cholesky(cov)
-    sol = jax.scipy.linalg.solve_triangular(chol, (x - mean).T, lower=True)
-    return -0.5 * (d * LOG_2PI + 2 * jnp.sum(jnp.log(jnp.diag(chol))) + jnp.sum(sol**2, axis=0))
-
-
 def log_marginal(model: LinearGaussian, x):
     """Exact log p(x) = log N(x; b, W W^T + s2 I)."""
     d = model.W.shape[0]
-    return mvn_log_density(x, model.b, model.W @ model.W.T + model.s2 * jnp.eye(d))
+    return gaussian_log_density_full(x, model.b, model.W @ model.W.T + model.s2 * jnp.eye(d))
 
 
 def posterior(model: LinearGaussian, x):
@@ -103,6 +95,22 @@ def elbo_without_prior(model: LinearGaussian, x, m, S):
     return elbo(model, x, m, S) + 0.5 * (k * LOG_2PI + m @ m + jnp.trace(S))
 
 
+def eq4_maximiser(model: LinearGaussian, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The q = N(m, S) that maximises the note's eq. 4 as written (:func:`elbo_without_prior`).
+
+    Without log p(z) the objective is E_q[log p(x|z)] + H[q], the ELBO under a flat prior,
+    so its maximiser is the flat-prior posterior: the least-squares mean
+    m = (W^T W)^-1 W^T (x - b) and S = s2 (W^T W)^-1 (W must have full column rank).
+    """
+    wtw = model.W.T @ model.W
+    return jnp.linalg.solve(wtw, model.W.T @ (x - model.b)), model.s2 * jnp.linalg.inv(wtw)
+
+
+def average_log_marginal(model: LinearGaussian, xs: jax.Array) -> jax.Array:
+    """The mean of log p(x) over a data set xs (N, D): what maximum likelihood maximises."""
+    return jnp.mean(jax.vmap(lambda x: log_marginal(model, x))(xs))
+
+
 def kl_gaussians(m0, S0, m1, S1):
     """KL(N(m0, S0) || N(m1, S1)) for full covariances."""
     k = m0.shape[-1]
@@ -117,4 +125,4 @@ def log_weights(model: LinearGaussian, x, m, S, key, k: int):
     """k importance log-weights log p(x, z_i) - log q(z_i), z_i ~ q = N(m, S): shape (k,)."""
     chol = jnp.linalg.cholesky(S)
     z = m + jax.random.normal(key, (k, m.shape[0])) @ chol.T
-    return log_joint(model, x, z) - mvn_log_density(z, m, S)
+    return log_joint(model, x, z) - gaussian_log_density_full(z, m, S)

@@ -15,11 +15,18 @@ from flax import nnx
 
 from vae_lib.objectives import reparameterize
 
+__all__ = ["MLP", "VAE", "Autoencoder", "Decoder", "Encoder", "check_features", "count_params"]
+
 
 def _sizes(hidden: int | Sequence[int]) -> tuple[int, ...]:
     if isinstance(hidden, int):
         return (hidden,) if hidden > 0 else ()
     return tuple(int(h) for h in hidden)
+
+
+def count_params(module: nnx.Module) -> int:
+    """The number of trainable parameters (``nnx.Param`` entries) of a model or sub-module."""
+    return sum(p.size for p in jax.tree.leaves(nnx.state(module, nnx.Param)))
 
 
 def check_features(x: jax.Array, in_features: int, who: str) -> None:

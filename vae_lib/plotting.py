@@ -10,21 +10,21 @@ from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+from jax.typing import ArrayLike
 
-from vae_lib.data import CLASS_NAMES
+from vae_lib.data import CLASS_NAMES, to_float
 
-
-def _as_images(images) -> np.ndarray:
-    images = np.asarray(images, dtype=np.float32)
-    if images.ndim == 2:  # flattened (N, 784)
-        side = int(round(images.shape[1] ** 0.5))
-        images = images.reshape(len(images), side, side)
-    if images.max() > 1.0:  # uint8 0..255
-        images = images / 255.0
-    return images
+__all__ = ["class_examples", "image_grid", "latent_scatter", "reconstructions", "tile", "training_curves"]
 
 
-def tile(images, ncols: int) -> np.ndarray:
+def _as_images(images: ArrayLike) -> np.ndarray:
+    """Images (N, 28, 28) or (N, 784), uint8 or floats in [0, 1], as floats (N, H, W) in [0, 1]."""
+    x = to_float(images, who="plotting")
+    side = int(round(x.shape[-1] ** 0.5))
+    return x.reshape(len(x), side, side)
+
+
+def tile(images: ArrayLike, ncols: int) -> np.ndarray:
     """Arrange N images (N, H, W) into one mosaic array with `ncols` columns and 1-px gaps."""
     images = _as_images(images)
     n, h, w = images.shape

@@ -1,0 +1,88 @@
+"""What one training step costs: its matrix products, their FLOPs, and the machine's rate.
+
+The speed benchmark (benchmarks/train_throughput.py) and notebook 04 compare the measured
+images per second with a ceiling: the machine's matmul rate on the step's own products
+divided by the step's matmul FLOPs per image.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["matmul_rate", "step_matmul_flops", "step_matmul_shapes"]
+
+Shape = tuple[int, int]
+
+
+def _dense_layers(in_features: int, hidden: int | Sequence[int], latent: int) -> tuple[list, list]:
+    """(inputs, outputs) of every dense layer of the MLP VAE, and those that read the data."""
+    h = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+    h = tuple(x for x in h if x > 0)
+    enc = list(zip((in_features, *h[:-1]), h, strict=True)) if h else []
+    width = h[-1] if h else in_features
+    heads = [(width, latent), (width, latent)]  # the mean and log-variance of q(z|x)
+    dec = list(zip((latent, *reversed(h)), (*reversed(h), in_features), strict=True))
+    on_data = enc[:1] if enc else heads  # layers reading the images: no input gradient
+    return enc + heads + dec, on_data
+
+
+def step_matmul_shapes(
+    batch: int = 128, in_features: int = 784, hidden: int | Sequence[int] = 400, latent: int = 20
+) -> list[tuple[Shape, Shape]]:
+    """The matrix products of one training step of the MLP VAE, as pairs of operand shapes.
+
+    A dense layer with a inputs and b outputs multiplies (B, a) by (a, b) in the forward
+    pass; the backward pass computes its weight gradient X^T G, (a, B) by (B, b), and its
+    input gradient G W^T, (B, b) by (b, a), except for the first encoder layer, whose
+    input is the data and needs no gradient. The encoder's two heads (mean and
+    log-variance) both feed the sampled z, so both need their input gradient.
+    For 784-400-20 at batch 128: 5 forward, 5 weight-gradient and 4 input-gradient products.
+    """
+    layers, on_data = _dense_layers(in_features, hidden, latent)
+    forward = [((batch, a), (a, b)) for a, b in layers]
+    weight_grads = [((a, batch), (batch, b)) for a, b in layers]
+    input_grads = [((batch, b), (b, a)) for a, b in layers if (a, b) not in on_data]
+    return forward + weight_grads + input_grads
+
+
+def step_matmul_flops(in_features: int = 784, hidden: int | Sequence[int] = 400, latent: int = 20) -> int:
+    """Exact matmul FLOPs of one VAE training step, per image (forward and backward).
+
+    Each product of :func:`step_matmul_shapes`, (m, k) by (k, n), costs 2 m k n FLOPs (a
+    multiply and an add per term). Biases, activations, the loss, sampling and the
+    optimizer are not matmuls and are not counted (at the default sizes they add roughly
+    5% more operations, mostly Adam's update and the random numbers).
+    For 784-400-20: forward 1,302,400 + backward 1,977,600 = 3,280,000 FLOPs per image.
+    """
+    shapes = step_matmul_shapes(1, in_features, hidden, latent)
+    return sum(2 * a[0] * a[1] * b[1] for a, b in shapes)
+
+
+def matmul_rate(shapes: Sequence[tuple[Shape, Shape]], seconds: float = 1.0) -> float:
+    """fp32 GFLOP/s of NumPy's BLAS over the products ``shapes``: the best of 5 repeats.
+
+    Takes about ``seconds`` in all (five timed repeats and a short calibration).
+    """
+    rng = np.random.default_rng(0)
+    mats = [(rng.standard_normal(a, dtype=np.float32), rng.standard_normal(b, dtype=np.float32)) for a, b in shapes]
+    flops = sum(2 * a[0] * a[1] * b[1] for a, b in shapes)
+    for a, b in mats:  # warm-up (threads, caches)
+        a @ b
+    t0 = time.perf_counter()
+    reps = 0
+    while time.perf_counter() - t0 < 0.2:
+        for a, b in mats:
+            a @ b
+        reps += 1
+    reps = max(1, int(reps * seconds / 5 / 0.2))
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(reps):
+            for a, b in mats:
+                a @ b
+        best = min(best, time.perf_counter() - t)
+    return flops * reps / best / 1e9

@@ -1,0 +1,78 @@
+"""The VAE's training step written five ways, from eager Python to one compiled epoch.
+
+Notebook 04 teaches them in this order and benchmarks/train_throughput.py times them; all
+five train the same model on the same batches with the same randomness, so their losses
+agree (tests/test_training_speed_paths.py). Every way draws step i's batch and z with
+:func:`vae_lib.training.step_inputs` and the key ``jax.random.fold_in(key, i)``.
+
+* :func:`nnx_step`: stateful NNX (``nnx.value_and_grad``, ``nnx.Optimizer``), run eagerly:
+  every jnp operation is dispatched from Python one at a time.
+* :data:`nnx_jit_step`: the same function under ``nnx.jit``.
+* :func:`functional_step`: the same step on split state, a pure function of
+  ``(params, opt_state)``; :data:`jit_donate_step` compiles it with ``jax.jit`` and donates
+  those buffers, so XLA updates them in place.
+* :func:`scan_epoch`: many steps in one program: the uint8 images on the device, batches
+  gathered there, the step repeated by ``jax.lax.scan``.
+
+The library's own step, :func:`vae_lib.training.train_epoch_fused`, goes one step further.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from vae_lib.losses import vae_loss
+from vae_lib.objectives import vae_elbo
+from vae_lib.training import step_inputs
+
+__all__ = ["functional_step", "jit_donate_step", "nnx_jit_step", "nnx_step", "scan_epoch"]
+
+
+def nnx_step(model: nnx.Module, optimizer: nnx.Optimizer, images, key: jax.Array, i) -> jax.Array:
+    """Binarize batch i, take the negative ELBO's gradient, update the model in place."""
+    x, z_key = step_inputs(images, jax.random.fold_in(key, i), True)
+
+    def loss_fn(model):
+        return -jnp.mean(vae_elbo(model, x, z_key)["elbo"])
+
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)  # Adam, in place on the model's parameters
+    return loss
+
+
+nnx_jit_step = nnx.jit(nnx_step)
+
+
+def functional_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, params, opt_state, images, key, i):
+    """The same step as a pure function: returns ``(params, opt_state, loss)``, changes nothing."""
+    x, z_key = step_inputs(images, jax.random.fold_in(key, i), True)
+    (loss, _), grads = jax.value_and_grad(vae_loss, has_aux=True)(params, graphdef, x, z_key)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+
+jit_donate_step = jax.jit(functional_step, static_argnums=(0, 1), donate_argnums=(2, 3))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("batch_size",), donate_argnums=(2, 3))
+def scan_epoch(graphdef, tx, params, opt_state, images, order, key, batch_size: int = 128):
+    """Steps 0..n-1 in one program, step i on ``images[order[i * B:(i + 1) * B]]``.
+
+    Returns ``(params, opt_state, losses)`` with one loss per step.
+    """
+    n_steps = order.shape[0] // batch_size
+    batches = images[order[: n_steps * batch_size]].reshape(n_steps, batch_size, *images.shape[1:])
+
+    def body(carry, inputs):
+        params, opt_state = carry
+        batch, i = inputs
+        params, opt_state, loss = functional_step(graphdef, tx, params, opt_state, batch, key, i)
+        return (params, opt_state), loss
+
+    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), (batches, jnp.arange(n_steps)))
+    return params, opt_state, losses
