@@ -312,3 +312,157 @@ def test_variance_and_se_of_normal_samples_matches_theory():
     v, se = est.variance_and_se(g)
     assert v == pytest.approx(4.0, abs=5 * se)
     assert se == pytest.approx(np.sqrt(2 * 16 / len(g)), rel=0.05)  # sqrt(2 sigma^4 / n) for a normal
+
+
+# ----- K samples per image: pathwise average, sticking the landing, leave-one-out score -----
+
+K = 4
+K_VARIANTS = ["pathwise", "stl", "rloo"]
+
+
+@pytest.fixture(scope="module")
+def k_rows():
+    """Encoder-gradient rows of the tiny VAE with K samples per image, one key per estimator."""
+    model, x = _tiny_vae(), _tiny_batch()
+    return {
+        e: est.vae_encoder_grads(
+            model, x, jax.random.key(100 + i), VAE_SAMPLES, e, chunk_size=None, samples_per_image=K
+        )
+        for i, e in enumerate(K_VARIANTS)
+    }
+
+
+def test_pathwise_loss_with_one_sample_is_vae_loss():
+    model, x, key = _tiny_vae(), _tiny_batch(), jax.random.key(4)
+    graphdef, params = nnx.split(model)
+    g_ref, m_ref = jax.grad(vae_loss, has_aux=True)(params, graphdef, x, key)
+    g, m = jax.grad(est.pathwise_loss, has_aux=True)(params, graphdef, x, key)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    for name in ("loss", "log_px_given_z", "kl"):
+        np.testing.assert_allclose(m[name], m_ref[name], rtol=1e-6)
+
+
+@pytest.mark.parametrize("estimator", ["stl", "rloo"])
+def test_k_sample_estimator_mean_equals_the_pathwise_gradient_within_monte_carlo_error(k_rows, estimator):
+    # STL drops a zero-mean score term; RLOO's baseline is free of the sample it multiplies:
+    # both estimate the gradient of the ELBO, the one the pathwise rows estimate.
+    pw, other = k_rows["pathwise"], k_rows[estimator]
+    se = np.sqrt(_se(pw) ** 2 + _se(other) ** 2)
+    signal = np.abs(np.asarray(pw.mean(0))) / np.maximum(_se(pw), 1e-12)
+    assert np.max(signal) > 10, "no clear signal to compare"
+    np.testing.assert_array_less(np.abs(np.asarray(pw.mean(0) - other.mean(0))), 5 * se + 1e-6)
+
+
+def test_pathwise_average_of_k_samples_divides_the_variance_by_k(vae_rows, k_rows):
+    one = est.gradient_summary(est.row_moments(vae_rows[("pathwise", 0.0)]))["total_variance"]
+    avg = est.gradient_summary(est.row_moments(k_rows["pathwise"]))["total_variance"]
+    assert one / avg == pytest.approx(K, rel=0.1)
+
+
+def test_leave_one_out_baseline_lowers_the_score_function_variance(vae_rows, k_rows):
+    # K single-sample estimates without a baseline, averaged, would have 1/K of the variance
+    # of one; the leave-one-out baseline must do much better than that at the same K.
+    plain = est.gradient_summary(est.row_moments(vae_rows[("score", 0.0)]))["total_variance"]
+    rloo = est.gradient_summary(est.row_moments(k_rows["rloo"]))["total_variance"]
+    assert rloo < 0.5 * plain / K
+
+
+def test_leave_one_out_loss_encoder_gradient_is_the_rloo_estimate():
+    # (1/K) sum_k (log p(x|z_k) - b_k) grad_phi log q(z_k|x) - grad_phi KL, mean over examples,
+    # written out with b_k the mean of log p(x|z_j) over the other samples j of the same image.
+    from vae_lib.objectives import bernoulli_log_likelihood, gaussian_log_density, kl_to_standard_normal, reparameterize
+
+    model, x, key = _tiny_vae(), _tiny_batch(), jax.random.key(6)
+    graphdef, params = nnx.split(model)
+    grads, _ = jax.grad(est.leave_one_out_score_loss, has_aux=True)(params, graphdef, x, key, K)
+    mean, logvar = model.encoder(x)
+    z = jnp.stack([reparameterize(k, mean, logvar) for k in jax.random.split(key, K)])
+    log_px = np.stack([np.asarray(bernoulli_log_likelihood(x, model.decoder(zk))) for zk in z])
+    weight = np.stack([log_px[k] - np.delete(log_px, k, axis=0).mean(0) for k in range(K)])
+
+    def by_hand(enc):
+        m, lv = nnx.merge(nnx.graphdef(model.encoder), enc)(x)
+        score_term = sum(weight[k] * gaussian_log_density(z[k], m, lv) for k in range(K)) / K
+        return -jnp.mean(score_term - kl_to_standard_normal(m, lv))
+
+    want = jax.grad(by_hand)(nnx.state(model.encoder))
+    for a, b in zip(jax.tree.leaves(grads["encoder"]), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss_fn", [est.leave_one_out_score_loss, est.sticking_the_landing_loss])
+def test_k_sample_surrogate_gives_the_decoder_the_pathwise_gradient_and_reports_the_true_loss(loss_fn):
+    model, x, key = _tiny_vae(), _tiny_batch(), jax.random.key(8)
+    graphdef, params = nnx.split(model)
+    g_pw, m_pw = jax.grad(est.pathwise_loss, has_aux=True)(params, graphdef, x, key, K)
+    g, m = jax.grad(loss_fn, has_aux=True)(params, graphdef, x, key, K)
+    for a, b in zip(jax.tree.leaves(g["decoder"]), jax.tree.leaves(g_pw["decoder"]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for name in ("loss", "log_px_given_z", "kl"):
+        np.testing.assert_allclose(m[name], m_pw[name], rtol=1e-6)
+
+
+def _exact_posterior_vae():
+    """A tiny VAE whose encoder is the exact posterior: the decoder ignores z (its last kernel
+    is zero), so p(z|x) = p(z) = N(0, I), and the encoder outputs mean 0 and logvar 0 for every
+    x (zero output layers)."""
+    model = _tiny_vae()
+    last = model.decoder.net.layers[-1]
+    last.kernel[...] = jnp.zeros_like(last.kernel[...])
+    for layer in (model.encoder.mean, model.encoder.logvar):
+        layer.kernel[...] = jnp.zeros_like(layer.kernel[...])
+        layer.bias[...] = jnp.zeros_like(layer.bias[...])
+    return model
+
+
+def test_sticking_the_landing_gradient_vanishes_when_q_is_the_exact_posterior():
+    # log p(x, z) - log q(z|x) = log p(x) for every z, so STL's estimate is exactly zero for
+    # every draw; the full pathwise gradient of the single-sample ELBO is not: it keeps the
+    # score term -grad_phi log q(z|x), zero only on average.
+    from vae_lib.objectives import elbo_single_sample
+
+    model, x = _exact_posterior_vae(), _tiny_batch()
+    graphdef, params = nnx.split(model)
+
+    def single_sample_elbo_loss(p, key):
+        m = nnx.merge(graphdef, p)
+        logits, z, mean, logvar = m(x, key)
+        return -jnp.mean(elbo_single_sample(x, logits, z, mean, logvar))
+
+    full, stl = [], []
+    for i in range(4):
+        key = jax.random.key(20 + i)
+        full.append(ravel_pytree(jax.grad(single_sample_elbo_loss)(params, key)["encoder"])[0])
+        g, _ = jax.grad(est.sticking_the_landing_loss, has_aux=True)(params, graphdef, x, key)
+        stl.append(ravel_pytree(g["encoder"])[0])
+    assert float(jnp.max(jnp.abs(jnp.stack(stl)))) < 1e-6
+    assert float(jnp.min(jnp.linalg.norm(jnp.stack(full), axis=1))) > 0.1
+
+
+@pytest.mark.parametrize(
+    "loss_fn", [est.pathwise_loss, est.sticking_the_landing_loss, est.leave_one_out_score_loss], ids=K_VARIANTS
+)
+def test_k_sample_loss_trains_with_the_library_train_step(loss_fn):
+    model = _tiny_vae()
+    state = create_train_state(model, learning_rate=1e-2, loss_fn=functools.partial(loss_fn, num_samples=K))
+    images = jax.random.uniform(jax.random.key(0), (16, 8))
+    before = ravel_pytree(state.params["encoder"])[0]
+    for i in range(3):
+        state, metrics = jit_train_step(state, images, jax.random.key(i))
+        assert np.isfinite(float(metrics["loss"]))
+    assert float(jnp.max(jnp.abs(ravel_pytree(state.params["encoder"])[0] - before))) > 0
+
+
+def test_leave_one_out_needs_two_samples_per_image():
+    model = _tiny_vae()
+    graphdef, params = nnx.split(model)
+    with pytest.raises(ValueError, match=">= 2"):
+        est.leave_one_out_score_loss(params, graphdef, _tiny_batch(), jax.random.key(0), 1)
+    with pytest.raises(ValueError, match="samples_per_image >= 2"):
+        est.vae_encoder_grads(model, _tiny_batch(), jax.random.key(0), 2, "rloo")
+
+
+def test_single_sample_score_estimator_rejects_several_samples_per_image():
+    with pytest.raises(ValueError, match="one sample of z per image"):
+        est.vae_encoder_grads(_tiny_vae(), _tiny_batch(), jax.random.key(0), 2, "score", samples_per_image=4)

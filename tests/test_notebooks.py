@@ -154,3 +154,15 @@ def test_every_claims_check_has_its_stored_verdict(notebook):
             assert not any(o["output_type"] == "execute_result" for o in cell.get("outputs", [])), (
                 f"a check cell displays a computed value (Out[...]): {_text(cell)[:60]!r}"
             )
+
+
+def test_tags_a_lecture_path_that_opens_with_the_title_and_keeps_each_section(notebook):
+    """The cells tagged `lecture` (a 75-minute lecture) start at the title and cover the sections."""
+    cells = _cells(notebook)
+    tagged = [i for i, c in enumerate(cells) if "lecture" in c.get("metadata", {}).get("tags", [])]
+    assert tagged, "no cell is tagged `lecture`"
+    assert tagged[0] == 0, "the lecture path must open with the title cell"
+    sections = [i for i, c in enumerate(cells) if c["cell_type"] == "markdown" and re.search(r"^## \d", _text(c), re.M)]
+    untagged = [_text(cells[i]).splitlines()[0] for i in sections if i not in tagged]
+    assert not untagged, f"numbered sections missing from the lecture path: {untagged}"
+    assert len(tagged) < 0.7 * len(cells), "the lecture path should leave the self-study cells out"

@@ -1,13 +1,13 @@
 """A latent-variable model where everything is exact: the linear-Gaussian model.
 
-    p(z) = N(0, I_K),   p(x|z) = N(W z + b, s2 I_D)
+    p(z) = N(0, I_J),   p(x|z) = N(W z + b, s2 I_D)
 
 Then p(x) = N(b, W W^T + s2 I) and the posterior p(z|x) = N(m*, S*) with
 S* = (I + W^T W / s2)^-1 and m* = S* W^T (x - b) / s2. For a Gaussian q(z) = N(m, S)
 the ELBO is closed-form too, so log p(x) - ELBO = KL(q || p(z|x)) can be checked to
 floating-point precision (notebook 02 and tests/test_objectives.py).
 
-Covariances here are full matrices (K x K): the model is small, the point is exactness.
+Covariances here are full matrices (J x J): the model is small, the point is exactness.
 Functions take one x of shape (D,).
 """
 
@@ -22,7 +22,7 @@ from vae_lib.objectives import LOG_2PI, gaussian_log_density_full
 
 
 class LinearGaussian(NamedTuple):
-    W: jax.Array  # (D, K)
+    W: jax.Array  # (D, J): J latent dimensions
     b: jax.Array  # (D,)
     s2: float  # observation noise variance
 
@@ -54,7 +54,7 @@ def posterior(model: LinearGaussian, x):
 
 
 def log_joint(model: LinearGaussian, x, z):
-    """log p(x, z) = log p(x|z) + log p(z) for one z (K,) or a batch (..., K)."""
+    """log p(x, z) = log p(x|z) + log p(z) for one z (J,) or a batch (..., J)."""
     resid = x - (z @ model.W.T + model.b)
     d, k = model.W.shape
     log_lik = -0.5 * (d * (LOG_2PI + jnp.log(model.s2)) + jnp.sum(resid**2, -1) / model.s2)
@@ -77,7 +77,7 @@ def elbo(model: LinearGaussian, x, m, S):
     """Exact ELBO E_q[log p(x, z)] + H[q] for q = N(m, S)  (corrected eq. 4).
 
     E_q[log p(x|z)] = log N(x; W m + b, s2 I) - tr(W^T W S) / (2 s2), and
-    E_q[log p(z)] = -1/2 (K log 2 pi + m^T m + tr S).
+    E_q[log p(z)] = -1/2 (J log 2 pi + m^T m + tr S).
     """
     d, k = model.W.shape
     resid = x - (model.W @ m + model.b)

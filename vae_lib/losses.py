@@ -34,14 +34,14 @@ from vae_lib.objectives import (
     vae_elbo,
 )
 
-__all__ = ["VAE_BASELINES", "autoencoder_loss", "score_function_loss", "vae_loss"]
+__all__ = ["VAE_BASELINES", "autoencoder_loss", "score_function_loss", "vae_loss", "vae_metrics"]
 
 VAE_BASELINES = ("batch", "posterior_mean")
 
 Metrics = dict[str, jax.Array]
 
 
-def _vae_metrics(log_px: jax.Array, kl: jax.Array) -> Metrics:
+def vae_metrics(log_px: jax.Array, kl: jax.Array) -> Metrics:
     """The negative ELBO and its two terms, each a mean over the batch (nats per example)."""
     return {"loss": -jnp.mean(log_px - kl), "log_px_given_z": jnp.mean(log_px), "kl": jnp.mean(kl)}
 
@@ -62,7 +62,7 @@ def vae_loss(params: Any, graphdef: nnx.GraphDef, x: ArrayLike, key: jax.Array) 
         ``(loss, metrics)``; metrics ``loss``, ``log_px_given_z`` and ``kl``.
     """
     terms = vae_elbo(nnx.merge(graphdef, params), x, key)
-    metrics = _vae_metrics(terms["log_px_given_z"], terms["kl"])
+    metrics = vae_metrics(terms["log_px_given_z"], terms["kl"])
     return metrics["loss"], metrics
 
 
@@ -137,4 +137,4 @@ def score_function_loss(
     b = jax.lax.stop_gradient(_score_baseline(baseline, model, x, mean, log_px))
     log_q = gaussian_log_density(z, mean, logvar)
     surrogate = log_px + jax.lax.stop_gradient(log_px - b) * log_q - kl
-    return -jnp.mean(surrogate), _vae_metrics(log_px, kl)
+    return -jnp.mean(surrogate), vae_metrics(log_px, kl)

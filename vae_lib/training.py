@@ -297,11 +297,7 @@ def fit(
     steps_per_epoch = _check_epoch(len(train_images), batch_size)
     train_images = jnp.asarray(train_images)  # on the device once (uint8 stays uint8)
     history: dict[str, list] = {"epoch": []}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=epochs * steps_per_epoch, desc="training", unit="step")
+    bar, finish_bar = _progress_bar(epochs * steps_per_epoch) if progress else (None, None)
     try:
         for epoch in range(1, epochs + 1):
             state, per_step = train_epoch_fused(
@@ -322,5 +318,35 @@ def fit(
                 bar.set_postfix(loss=f"{history['train_loss'][-1]:.1f}")
     finally:
         if bar is not None:
-            bar.close()
+            finish_bar()
     return history
+
+
+def _progress_bar(total: int):
+    """A tqdm bar of ``total`` steps and the function that closes it.
+
+    In a notebook the bar is a widget, and a saved notebook keeps the text shown when it was
+    first displayed (0 %). So the widget is displayed with a display id, and closing it
+    refreshes that output with the final state (100 %, the time taken).
+    """
+    from tqdm.auto import tqdm
+
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+        from tqdm.notebook import tqdm as notebook_tqdm
+
+        in_notebook = get_ipython() is not None and "IPKernelApp" in get_ipython().config
+        bar = notebook_tqdm(total=total, desc="training", unit="step", display=False) if in_notebook else None
+    except Exception:  # noqa: BLE001 - no IPython or no ipywidgets: a text bar
+        bar = None
+    if bar is None:
+        bar = tqdm(total=total, desc="training", unit="step")
+        return bar, bar.close
+    handle = display(bar.container, display_id=True)
+
+    def finish():
+        bar.close()
+        handle.update(bar.container)
+
+    return bar, finish
