@@ -1,19 +1,12 @@
 """tools/lecture_path.py: a lecture copy holds exactly the tagged cells, in order, with outputs."""
 
-import importlib.util
-from pathlib import Path
-
 import nbformat
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import load_script
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("lecture_path", REPO / "tools" / "lecture_path.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/lecture_path.py")
 
 
 def _notebook(tags_per_cell):

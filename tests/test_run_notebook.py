@@ -1,14 +1,9 @@
 """tools/run_notebook.py (`make run`): what makes two runs on one machine store the same file."""
 
-import importlib.util
-from pathlib import Path
-
 import nbformat
+from helpers import load_script
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("run_notebook", REPO / "tools" / "run_notebook.py")
-run_notebook = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(run_notebook)
+run_notebook = load_script("tools/run_notebook.py")
 
 
 def _widget_cell(model_id):

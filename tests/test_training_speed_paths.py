@@ -9,9 +9,7 @@ No timings are asserted here (the machine is shared): benchmarks/train_throughpu
 measures speed.
 """
 
-import importlib.util
 import math
-from pathlib import Path
 
 import jax
 import jax.extend
@@ -20,12 +18,11 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from helpers import load_script
 
 from vae_lib import checkpoint, data, training
 from vae_lib.cost import step_matmul_flops, step_matmul_shapes
 from vae_lib.models import VAE
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _params(tree):
@@ -155,10 +152,7 @@ def test_step_matmul_shapes_are_the_products_of_the_traced_step():
 
 
 def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "benchmarks" / "train_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/train_throughput.py")
 
 
 def test_benchmark_variants_train_the_same_model(fashion_train):
