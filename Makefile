@@ -11,7 +11,7 @@ PORT   ?= 8888
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup data lab lint test test-portable unit nbval run lecture bench footprint claims clean
+.PHONY: setup data lab lint test test-portable unit nbval run pretrained lecture bench footprint claims clean
 
 # The pinned environment and vae_lib (editable). Re-runs when the pins change.
 $(STAMP): pyproject.toml requirements.lock
@@ -62,6 +62,10 @@ nbval: setup data
 # tagged `timings` keep their stored measurements unless TIMINGS=1.
 run: setup data
 	$(BIN)/python tools/run_notebook.py $(if $(TIMINGS),--timings,) $(NOTEBOOKS)
+
+# Train the two stored VAEs again (notebook 04's recipe; notebook 05 loads them), into notebooks/pretrained/.
+pretrained: setup data
+	$(BIN)/python -m vae_lib.pretrained --out notebooks/pretrained
 
 # The lecture path: each notebook's cells tagged `lecture`, with their outputs, in build/lecture/.
 lecture: setup

@@ -7,9 +7,10 @@ bound), ``linear_gaussian`` (an exactly solvable latent model), ``losses`` (the 
 losses), ``estimators`` (score-function and pathwise gradient estimators), ``training`` (the
 plain and the fused training loops, ``fit``), ``step_variants`` (the step written five ways),
 ``evaluation`` (test ELBO), ``cost`` (FLOPs and matmul rates), ``memory`` (releasing compiled
-programs), ``checkpoint`` (saving parameters), ``plotting`` (figures), ``exercises`` (check
-functions for the notebooks' exercises), ``claims`` (checks of the numbers the notebooks'
-prose states, within measured tolerances). The README's Layout section says which notebook
+programs), ``checkpoint`` (saving parameters), ``pretrained`` (the two stored VAEs: their
+recipes, loading them, the command that retrains them), ``plotting`` (figures), ``exercises``
+(check functions for the notebooks' exercises), ``claims`` (checks of the numbers the
+notebooks' prose states, within measured tolerances). The README's Layout section says which notebook
 teaches each.
 """
 

@@ -233,7 +233,7 @@ def bernoulli_entropy(p: ArrayLike) -> jax.Array:
 
     For dynamically binarized images with grey levels p this is the smallest expected
     -log p(x) any model can reach (the cross-entropy is never below the entropy): the
-    floor under every loss the series reports (notebooks 01 and 04).
+    floor under every loss the series reports (notebooks 01 and 05).
     """
     p = jnp.asarray(p)
     return jnp.sum(jax.scipy.special.entr(p) + jax.scipy.special.entr(1 - p), axis=-1)
