@@ -183,12 +183,17 @@ def train_epoch(
 
 
 # ------------------------------------------------------------------ the fast path
-@functools.partial(jax.jit, static_argnames=("batch_size",), donate_argnums=(0, 1))
-def _fused_steps(state: TrainState, per_step, images, order, key, start, stop, *, batch_size: int):
+@functools.partial(jax.jit, static_argnames=("batch_size", "prefetch", "guard"), donate_argnums=(0, 1))
+def _fused_steps(
+    state: TrainState, per_step, images, order, key, start, stop, *, batch_size: int, prefetch: bool, guard: str
+):
     """Steps start..stop-1 of an epoch in one compiled loop; per_step[name][i] is filled in.
 
     `start` and `stop` are traced, so any split of the epoch into chunks (for a progress
-    bar) reuses one compilation.
+    bar) reuses one compilation. `prefetch` and `guard` are the switches of
+    :func:`train_epoch_fused`. Returns ``(state, per_step, healthy)``; with
+    ``guard="rollback"`` the loop ends after the first step whose loss is not finite
+    (``healthy`` False), and that step's update *has* been applied: the caller rolls back.
     """
     last = order.shape[0] // batch_size - 1
 
@@ -198,23 +203,37 @@ def _fused_steps(state: TrainState, per_step, images, order, key, start, stop, *
 
     def body(i, carry):
         state, per_step, healthy, x, z_key = carry
-        # Software pipelining: draw step i+1's batch while step i runs. The two are
-        # independent, so XLA can overlap the random-number work with the matrix products.
-        next_x, next_z_key = inputs(i + 1)  # (past the last step: unused)
+        if prefetch:
+            # Software pipelining: draw step i+1's batch while step i runs. The two are
+            # independent, so XLA may overlap the random-number work with the matrix products.
+            next_x, next_z_key = inputs(i + 1)  # (past the last step: unused)
+        else:
+            x, z_key = inputs(i)
+            next_x, next_z_key = x, z_key
         new, metrics = apply_gradients(state, x, z_key)
-        # The guard: an update with a non-finite loss is not applied, nor any after it.
         healthy = healthy & jnp.isfinite(metrics["loss"])
+        if guard == "where":  # an update with a non-finite loss is not applied, nor any after it
 
-        def keep(new_tree, old_tree):  # the new values while healthy, else the old ones
-            return jax.tree.map(lambda a, b: jnp.where(healthy, a, b), new_tree, old_tree)
+            def keep(new_tree, old_tree):  # the new values while healthy, else the old ones
+                return jax.tree.map(lambda a, b: jnp.where(healthy, a, b), new_tree, old_tree)
 
-        state = new.replace(params=keep(new.params, state.params), opt_state=keep(new.opt_state, state.opt_state))
+            new = new.replace(params=keep(new.params, state.params), opt_state=keep(new.opt_state, state.opt_state))
         per_step = {name: per_step[name].at[i].set(metrics[name]) for name in per_step}
-        return state, per_step, healthy, next_x, next_z_key
+        return new, per_step, healthy, next_x, next_z_key
 
     carry = (state, per_step, jnp.bool_(True), *inputs(start))
-    state, per_step, _, _, _ = jax.lax.fori_loop(start, stop, body, carry)
-    return state, per_step
+    if guard == "rollback":  # stop after the first non-finite loss (a scalar test per step)
+
+        def cond(i_carry):
+            i, carry = i_carry
+            return (i < stop) & carry[2]
+
+        _, (state, per_step, healthy, _, _) = jax.lax.while_loop(
+            cond, lambda i_carry: (i_carry[0] + 1, body(*i_carry)), (start, carry)
+        )
+    else:
+        state, per_step, healthy, _, _ = jax.lax.fori_loop(start, stop, body, carry)
+    return state, per_step, healthy
 
 
 def _empty_metrics(state: TrainState, images: jax.Array, batch_size: int, n_steps: int) -> dict:
@@ -225,15 +244,35 @@ def _empty_metrics(state: TrainState, images: jax.Array, batch_size: int, n_step
 
 
 def train_epoch_fused(
-    state: TrainState, images: ArrayLike, key: jax.Array, batch_size: int = 128, progress=None, chunks: int = 20
+    state: TrainState,
+    images: ArrayLike,
+    key: jax.Array,
+    batch_size: int = 128,
+    progress=None,
+    chunks: int = 20,
+    *,
+    prefetch: bool = True,
+    guard: str = "rollback",
 ) -> tuple[TrainState, PerStep]:
     """:func:`train_epoch`'s steps inside one compiled loop: same batches, keys and results.
 
     The images go to the device once, each batch is gathered and binarized there, and the
     host only launches the loop (in ``chunks`` pieces when a ``progress`` bar, anything
-    with an ``update(n)`` method, is given). A step whose loss is not finite, and every
-    later step of the call, leaves the parameters and optimizer state as they were; its
-    metrics are recorded (NaN or inf), so the caller finds it in ``per_step["loss"]``.
+    with an ``update(n)`` method, is given). When a step's loss is not finite, the
+    returned state is the one from before that step; that step's metrics are recorded
+    (NaN or inf), so the caller finds it in ``per_step["loss"]``, and later steps are not
+    run (their metrics are NaN).
+
+    Args:
+        prefetch, guard: switches for measuring what each part costs
+            (benchmarks/train_throughput.py); keep the defaults to train. ``prefetch=False``
+            draws each batch at the start of its own step instead of during the previous
+            one (the same numbers). ``guard`` says how a non-finite loss is kept out of the
+            state: ``"rollback"`` (the default) copies the state before each chunk of
+            steps, stops the loop after a non-finite loss and, only then, runs the chunk's
+            good steps again from the copy; ``"where"`` selects old or new values with
+            ``jnp.where`` for every parameter at every step (the same result, more memory
+            traffic); ``"none"`` does not protect the state at all.
 
     Returns:
         ``(state, per_step)`` as :func:`train_epoch`.
@@ -245,8 +284,20 @@ def train_epoch_fused(
     per_step = _empty_metrics(state, images, batch_size, n_steps)
     n_chunks = 1 if progress is None else max(1, min(chunks, n_steps))
     bounds = [round(j * n_steps / n_chunks) for j in range(n_chunks + 1)]
+    if guard not in ("rollback", "where", "none"):
+        raise ValueError(f'guard must be "rollback", "where" or "none"; got {guard!r}.')
+    run = functools.partial(
+        _fused_steps, images=images, order=order, key=k_steps, batch_size=batch_size, prefetch=prefetch, guard=guard
+    )
     for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-        state, per_step = _fused_steps(state, per_step, images, order, k_steps, start, stop, batch_size=batch_size)
+        saved = jax.tree.map(jnp.copy, state) if guard == "rollback" else None
+        state, per_step, healthy = run(state, per_step, start=start, stop=stop)
+        if not bool(healthy):
+            bad = start + int(np.flatnonzero(~np.isfinite(np.asarray(per_step["loss"][start:stop])))[0])
+            if guard == "rollback":  # run the good steps of this chunk again, from the copy
+                state, per_step, _ = run(saved, per_step, start=start, stop=bad)
+            per_step = {name: v.at[bad + 1 :].set(jnp.nan) for name, v in per_step.items()}
+            break
         if progress is not None:
             jax.block_until_ready(state.step)  # let the bar follow the computation
             progress.update(stop - start)
