@@ -71,8 +71,15 @@ pretrained: setup data
 lecture: setup
 	$(BIN)/python tools/lecture_path.py $(NOTEBOOKS)
 
+# Training throughput, as an ablation (one change per row), on all cores and on one; the profile of
+# the library's step. Each writes its output under benchmarks/results/, which notebook 04 reads.
+NPROC := $(shell nproc)
 bench: setup data
-	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/train_throughput.py > benchmarks/results/train_throughput_$(NPROC)cores.jsonl
+	taskset -c 0 $(BIN)/python benchmarks/train_throughput.py > benchmarks/results/train_throughput_1core.jsonl
+	$(BIN)/python benchmarks/profile_step.py > benchmarks/results/profile_step.txt
+	cat benchmarks/results/train_throughput_$(NPROC)cores.jsonl benchmarks/results/train_throughput_1core.jsonl \
+	    benchmarks/results/profile_step.txt
 
 footprint: setup data
 	$(BIN)/python benchmarks/notebook_footprint.py

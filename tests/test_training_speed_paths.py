@@ -155,22 +155,32 @@ def _load_benchmark():
     return load_script("benchmarks/train_throughput.py")
 
 
-def test_benchmark_variants_train_the_same_model(fashion_train):
+def test_every_compiled_benchmark_row_trains_the_same_model(fashion_train):
     bench = _load_benchmark()
     images = fashion_train[0][:1280]
-    runners = {name: bench.Runner(name, images) for name in ("nnx_jit", "jit_donate", "scan_epoch", "vae_lib")}
+    names = [name for name, _, _ in bench.ROWS if name != "eager"]
+    runners = {name: bench.Runner(name, images) for name in names}
     for r in runners.values():
         r.run()
-    ref = nnx.state(runners["nnx_jit"].model, nnx.Param)
-    _assert_same_params(runners["jit_donate"].params, ref, rtol=1e-5, atol=1e-6)
-    _assert_same_params(runners["scan_epoch"].params, ref, rtol=1e-5, atol=1e-6)
-    _assert_same_params(runners["vae_lib"].state.params, ref, rtol=1e-5, atol=1e-6)
+    ref = runners["jax_jit_donate"].params_state()
+    for name in names:
+        _assert_same_params(runners[name].params_state(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_each_benchmark_row_names_an_earlier_row_it_changes():
+    rows = _load_benchmark().ROWS
+    seen = set()
+    for name, vs, change in rows:
+        assert vs is None or vs in seen, (name, vs)
+        assert change, name
+        seen.add(name)
+    assert rows[0][0] == "eager" and rows[-1][0] == "vae_lib"
 
 
 def test_benchmark_eager_step_matches_the_compiled_one(fashion_train):
     bench = _load_benchmark()
     images = fashion_train[0][:1280]
-    eager, jitted = bench.Runner("eager", images), bench.Runner("jit_donate", images)
+    eager, jitted = bench.Runner("eager", images), bench.Runner("jax_jit_donate", images)
     eager.run(steps=2)
     jitted.run(steps=2)
     # Compiled code may add in another order than eager code, so gradients differ in their
@@ -223,3 +233,54 @@ def test_a_file_that_is_not_a_checkpoint_is_rejected(tmp_path):
     bad.write_bytes(serialization.msgpack_serialize({"params": {}}))
     with pytest.raises(ValueError, match="not a vae_lib checkpoint"):
         checkpoint.load(bad, VAE(hidden=8, latent=2, rngs=nnx.Rngs(0)))
+
+
+@pytest.mark.parametrize("options", [{"guard": "where"}, {"guard": "none"}, {"prefetch": False}])
+def test_the_fused_epochs_switches_do_not_change_a_healthy_run(fashion_train, options):
+    images, key = fashion_train[0][:1280], jax.random.key(3)
+    ref, m_ref = training.train_epoch_fused(_small_state(), images, key)
+    other, m_other = training.train_epoch_fused(_small_state(), images, key, **options)
+    for name in m_ref:
+        np.testing.assert_array_equal(m_other[name], m_ref[name], err_msg=name)
+    _assert_same_params(other.params, ref.params, rtol=0, atol=0)
+
+
+def test_the_rollback_guard_returns_the_state_before_the_first_bad_step_in_any_chunk(fashion_train):
+    images, key, tx = fashion_train[0][:1280], jax.random.key(0), optax.sgd(1e6)  # diverges within a few steps
+    where, m_where = training.train_epoch_fused(_small_state(tx=tx), images, key, guard="where")
+    bad = int(np.flatnonzero(~np.isfinite(m_where["loss"]))[0])
+    assert 0 < bad < 9, "the learning rate did not make the loss diverge inside the epoch"
+    for chunks in (1, 3, 10):  # the bad step at a chunk's start, in its middle, alone
+        counter = _Counter()
+        rolled, m = training.train_epoch_fused(_small_state(tx=tx), images, key, progress=counter, chunks=chunks)
+        _assert_same_params(rolled.params, where.params, rtol=0, atol=0)
+        assert int(rolled.step) == bad, "the state counts the good steps only"
+        np.testing.assert_array_equal(m["loss"][: bad + 1], m_where["loss"][: bad + 1])
+        assert np.all(np.isnan(m["loss"][bad + 1 :])), "steps after the bad one are not run"
+
+
+def test_an_unknown_guard_is_refused(fashion_train):
+    with pytest.raises(ValueError, match='guard must be "rollback", "where" or "none"'):
+        training.train_epoch_fused(_small_state(), fashion_train[0][:256], jax.random.key(0), guard="maybe")
+
+
+@pytest.mark.parametrize("cores", ["2cores", "1core"])
+def test_the_stored_benchmark_results_have_every_row_of_the_benchmark(cores):
+    from pathlib import Path
+
+    from vae_lib.cost import read_throughput
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    rows, info = read_throughput(results / f"train_throughput_{cores}.jsonl")
+    bench = _load_benchmark()
+    assert [(n, r["vs"], r["change"]) for n, r in rows.items()] == bench.ROWS, "re-run `make bench`"
+    assert all(len(r["rounds"]) == bench.ROUNDS for r in rows.values())
+    assert info["ceiling_images_per_s"] == pytest.approx(info["matmul_gflops"] * 1e9 / step_matmul_flops(), rel=1e-3)
+
+
+def test_reading_a_file_without_benchmark_rows_says_how_to_make_one(tmp_path):
+    from vae_lib.cost import read_throughput
+
+    (tmp_path / "x.jsonl").write_text('{"matmul_gflops": 1.0}\n')
+    with pytest.raises(ValueError, match="make bench"):
+        read_throughput(tmp_path / "x.jsonl")

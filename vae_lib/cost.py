@@ -7,12 +7,15 @@ divided by the step's matmul FLOPs per image.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["matmul_rate", "step_matmul_flops", "step_matmul_shapes"]
+__all__ = ["matmul_rate", "read_throughput", "step_matmul_flops", "step_matmul_shapes"]
 
 Shape = tuple[int, int]
 
@@ -86,3 +89,22 @@ def matmul_rate(shapes: Sequence[tuple[Shape, Shape]], seconds: float = 1.0) -> 
                 a @ b
         best = min(best, time.perf_counter() - t)
     return flops * reps / best / 1e9
+
+
+def read_throughput(path: str | os.PathLike) -> tuple[dict[str, dict], dict]:
+    """Read the JSON lines that benchmarks/train_throughput.py prints (``make bench`` stores them).
+
+    Returns:
+        ``(rows, info)``: ``rows[name]`` is each row's line (``images_per_s``, ``rounds``,
+        ``vs``, ``change``) in the benchmark's order; ``info`` merges the other lines (the
+        matmul rate, the ceiling, the machine).
+
+    Raises:
+        ValueError: the file holds no benchmark row.
+    """
+    lines = [json.loads(line) for line in Path(path).read_text().splitlines() if line.startswith("{")]
+    rows = {d["variant"]: d for d in lines if "variant" in d}
+    if not rows:
+        raise ValueError(f"{path} holds no row of benchmarks/train_throughput.py; run `make bench` to make one.")
+    info = {k: v for d in lines if "variant" not in d for k, v in d.items()}
+    return rows, info

@@ -1,16 +1,20 @@
-"""The VAE's training step written five ways, from eager Python to one compiled epoch.
+"""The VAE's training step written several ways, from eager Python to one compiled epoch.
 
-Notebook 04 teaches them in this order and benchmarks/train_throughput.py times them; all
-five train the same model on the same batches with the same randomness, so their losses
-agree (tests/test_training_speed_paths.py). Every way draws step i's batch and z with
-:func:`vae_lib.training.step_inputs` and the key ``jax.random.fold_in(key, i)``.
+Notebook 04 teaches them in this order and benchmarks/train_throughput.py times them (one
+change per row); all train the same model on the same batches with the same randomness, so
+their losses agree (tests/test_training_speed_paths.py). Every way draws step i's batch and z
+with :func:`vae_lib.training.step_inputs` and the key ``jax.random.fold_in(key, i)``.
 
 * :func:`nnx_step`: stateful NNX (``nnx.value_and_grad``, ``nnx.Optimizer``), run eagerly:
   every jnp operation is dispatched from Python one at a time.
-* :data:`nnx_jit_step`: the same function under ``nnx.jit``.
+* :data:`nnx_jit_step`: the same function under ``nnx.jit`` (graph mode, flax's default: each
+  call walks the model and optimizer objects); :data:`nnx_jit_donate_step` also donates them.
+  ``nnx.cached_partial(nnx_jit_donate_step, model, optimizer)`` caches that walk.
+* :data:`nnx_jit_tree_step`: ``nnx.jit(..., graph=False)``, which treats the objects as plain
+  pytrees; :data:`nnx_jit_tree_donate_step` also donates them.
 * :func:`functional_step`: the same step on split state, a pure function of
-  ``(params, opt_state)``; :data:`jit_donate_step` compiles it with ``jax.jit`` and donates
-  those buffers, so XLA updates them in place.
+  ``(params, opt_state)``; :data:`jax_jit_step` compiles it with ``jax.jit``, and
+  :data:`jit_donate_step` also donates those buffers, so XLA updates them in place.
 * :func:`scan_epoch`: many steps in one program: the uint8 images on the device, batches
   gathered there, the step repeated by ``jax.lax.scan``.
 
@@ -30,7 +34,17 @@ from vae_lib.losses import vae_loss
 from vae_lib.objectives import vae_elbo
 from vae_lib.training import step_inputs
 
-__all__ = ["functional_step", "jit_donate_step", "nnx_jit_step", "nnx_step", "scan_epoch"]
+__all__ = [
+    "functional_step",
+    "jax_jit_step",
+    "jit_donate_step",
+    "nnx_jit_donate_step",
+    "nnx_jit_step",
+    "nnx_jit_tree_donate_step",
+    "nnx_jit_tree_step",
+    "nnx_step",
+    "scan_epoch",
+]
 
 
 def nnx_step(model: nnx.Module, optimizer: nnx.Optimizer, images, key: jax.Array, i) -> jax.Array:
@@ -46,6 +60,9 @@ def nnx_step(model: nnx.Module, optimizer: nnx.Optimizer, images, key: jax.Array
 
 
 nnx_jit_step = nnx.jit(nnx_step)
+nnx_jit_donate_step = nnx.jit(nnx_step, donate_argnames=("model", "optimizer"))
+nnx_jit_tree_step = nnx.jit(nnx_step, graph=False)
+nnx_jit_tree_donate_step = nnx.jit(nnx_step, graph=False, donate_argnames=("model", "optimizer"))
 
 
 def functional_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, params, opt_state, images, key, i):
@@ -56,6 +73,7 @@ def functional_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, pa
     return optax.apply_updates(params, updates), opt_state, loss
 
 
+jax_jit_step = jax.jit(functional_step, static_argnums=(0, 1))
 jit_donate_step = jax.jit(functional_step, static_argnums=(0, 1), donate_argnums=(2, 3))
 
 
