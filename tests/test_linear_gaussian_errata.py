@@ -120,3 +120,25 @@ def test_one_sample_kl_term_has_the_predicted_standard_deviation():
     predicted = float(obj.kl_estimate_std(mu, logvar))
     assert terms.std() == pytest.approx(predicted, rel=0.02)
     assert terms.mean() == pytest.approx(float(obj.kl_to_standard_normal(mu, logvar)), abs=4 * predicted / np.sqrt(n))
+
+
+def test_the_best_diagonal_q_beats_every_nearby_diagonal_q(exact):
+    model, x = exact
+    m, s = lg.best_diagonal_q(model, x)
+    assert jnp.allclose(s, jnp.diag(jnp.diag(s)))
+    best = lg.elbo(model, x, m, s)
+    nudges = [(0.05, 0.0, 0.0, 0.0), (0.0, -0.05, 0.0, 0.0), (0.0, 0.0, 0.1, 0.0), (0.0, 0.0, 0.0, -0.1)]
+    for i, step in enumerate(nudges):  # (mean shift, log-variance change)
+        dm, dv = jnp.array(step[:2]), jnp.array(step[2:])
+        assert lg.elbo(model, x, m + dm, s * jnp.diag(jnp.exp(dv))) < best, i
+
+
+def test_the_diagonal_gap_is_the_kl_to_the_posterior_and_grows_with_its_correlation(exact):
+    model, x = exact
+    m, s = lg.best_diagonal_q(model, x)
+    m_post, s_post = lg.posterior(model, x)
+    gap = lg.log_marginal(model, x) - lg.elbo(model, x, m, s)
+    rho = s_post[0, 1] / jnp.sqrt(s_post[0, 0] * s_post[1, 1])
+    assert gap == pytest.approx(float(lg.kl_gaussians(m, s, m_post, s_post)), abs=1e-6)
+    assert gap == pytest.approx(float(-0.5 * jnp.log(1 - rho**2)), rel=1e-4)
+    assert jnp.all(jnp.diag(s) < jnp.diag(s_post))  # mean-field underestimates the marginal variances

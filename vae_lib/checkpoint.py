@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, serialization, traverse_util
 
+__all__ = ["FORMAT", "load", "read_info", "save"]
+
 FORMAT = "vae_lib-checkpoint-1"
 
 
