@@ -5,12 +5,13 @@ input, batches), ``fetch`` (getting the data: Debian package, tensorflow-dataset
 ``models`` (Flax NNX networks), ``objectives`` (log-densities, KL, ELBO, importance-weighted
 bound), ``linear_gaussian`` (an exactly solvable latent model), ``losses`` (the training
 losses), ``estimators`` (score-function and pathwise gradient estimators), ``training`` (the
-plain and the fused training loops, ``fit``), ``step_variants`` (the step written several ways),
-``evaluation`` (test ELBO), ``cost`` (FLOPs, matmul rates, the stored benchmark results), ``memory`` (releasing compiled
-programs), ``checkpoint`` (saving parameters), ``pretrained`` (the two stored VAEs: their
-recipes, loading them, the command that retrains them), ``plotting`` (figures), ``exercises``
-(check functions for the notebooks' exercises), ``claims`` (checks of the numbers the
-notebooks' prose states, within measured tolerances). The README's Layout section says which notebook
+plain and the fused training loops, ``fit``), ``step_variants`` (the step written several
+ways), ``evaluation`` (test ELBO), ``latent`` (holes in a 2-D code space), ``cost`` (FLOPs,
+matmul rates, the stored benchmark results), ``memory`` (releasing compiled programs),
+``checkpoint`` (saving parameters), ``pretrained`` (the two stored VAEs: their recipes,
+loading them, the command that retrains them), ``plotting`` (figures), ``exercises`` (check
+functions for the notebooks' exercises), ``claims`` (checks of the numbers the notebooks'
+prose states, within measured tolerances). The README's Layout section says which notebook
 teaches each.
 """
 
