@@ -11,7 +11,7 @@ PORT   ?= 8888
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup data lab lint test test-portable unit nbval run pretrained lecture bench footprint claims clean
+.PHONY: setup data lab lint test test-portable unit nbval run pretrained pretrain lecture bench footprint claims clean
 
 # The pinned environment and vae_lib (editable). Re-runs when the pins change.
 $(STAMP): pyproject.toml requirements.lock
@@ -66,6 +66,11 @@ run: setup data
 # Train the two stored VAEs again (notebook 04's recipe; notebook 05 loads them), into notebooks/pretrained/.
 pretrained: setup data
 	$(BIN)/python -m vae_lib.pretrained --out notebooks/pretrained
+
+# Notebook 06's models: twelve small VAEs (about 3 min) and one trained to convergence with early stopping, then
+# scored with L_5000 on the whole test set (about 40 min on 2 cores). Resumes a cut-off run; NAMES=... for some only.
+pretrain: setup data
+	$(BIN)/python -m vae_lib.pretrain $(NAMES)
 
 # The lecture path: each notebook's cells tagged `lecture`, with their outputs, in build/lecture/.
 lecture: setup

@@ -5,9 +5,11 @@ and a small JSON ``info`` dictionary (what built the model, its training history
 Loading writes the arrays into an existing model of the same architecture, checking every
 name and shape, so a mismatch fails with a message instead of a silently broken model::
 
-    checkpoint.save("artifacts/vae.msgpack", model, info={"latent": 20})
-    model = VAE(latent=checkpoint.read_info("artifacts/vae.msgpack")["latent"], rngs=nnx.Rngs(0))
-    checkpoint.load("artifacts/vae.msgpack", model)
+    checkpoint.save("artifacts/vae.msgpack", model, info={"epochs": 10})
+    model = checkpoint.load_model("artifacts/vae.msgpack")   # the sizes are read from the file
+
+``save`` records a VAE's sizes (``info["architecture"]``), so :func:`load_model` can build it;
+:func:`load` writes a file into a model you built yourself.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, serialization, traverse_util
 
-__all__ = ["FORMAT", "load", "read_info", "save"]
+__all__ = ["FORMAT", "architecture", "load", "load_model", "read_info", "save"]
 
 FORMAT = "vae_lib-checkpoint-1"
 
@@ -28,6 +30,20 @@ FORMAT = "vae_lib-checkpoint-1"
 def _flat_params(model: nnx.Module) -> dict[str, object]:
     pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     return {"/".join(map(str, k)): v for k, v in traverse_util.flatten_dict(pure).items()}
+
+
+def architecture(model: nnx.Module) -> dict | None:
+    """The sizes that rebuild a :class:`vae_lib.models.VAE` (``{"kind", "in_features", "hidden", "latent"}``).
+
+    None for any other model: :func:`load_model` then cannot build it, :func:`load` still loads it.
+    """
+    from vae_lib.models import VAE  # here: models imports objectives, not this module
+
+    if not isinstance(model, VAE):
+        return None
+    body = model.encoder.body
+    hidden = [int(layer.out_features) for layer in body.layers] if body is not None else []
+    return {"kind": "VAE", "in_features": int(model.in_features), "hidden": hidden, "latent": int(model.latent)}
 
 
 def save(path: str | os.PathLike, model: nnx.Module, *, info: dict | None = None, dtype=None) -> Path:
@@ -40,12 +56,17 @@ def save(path: str | os.PathLike, model: nnx.Module, *, info: dict | None = None
     784-400-20 VAE after 3 epochs: median relative change 1.7e-4, the largest 3.1e-2 (on one of
     the 0.1 % of weights under 6.1e-5), and the test negative ELBO moved by 0.0006 nats.
     Folders are created as needed; the file is written whole or not at all. Returns the path.
+    A VAE's sizes are added to `info` as ``"architecture"`` (:func:`architecture`).
     """
+    info = dict(info or {})
+    arch = architecture(model)
+    if arch is not None:
+        info.setdefault("architecture", arch)
     params = {}
     for name, value in _flat_params(model).items():
         a = np.asarray(value)
         params[name] = a.astype(dtype) if dtype is not None and np.issubdtype(a.dtype, np.floating) else a
-    blob = serialization.msgpack_serialize({"format": FORMAT, "params": params, "info": json.dumps(info or {})})
+    blob = serialization.msgpack_serialize({"format": FORMAT, "params": params, "info": json.dumps(info)})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
@@ -98,3 +119,37 @@ def load(path: str | os.PathLike, model: nnx.Module) -> dict:
     nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(loaded))
     nnx.update(model, state)
     return json.loads(raw["info"])
+
+
+def load_model(path: str | os.PathLike):
+    """The VAE stored in `path`, built with the sizes the file records and loaded: ready to use.
+
+    Files written before sizes were recorded (``info["architecture"]``) are read from their
+    ``hidden`` and ``latent`` entries, as :mod:`vae_lib.pretrained` stores them.
+
+    Raises:
+      FileNotFoundError: no file at `path`.
+      ValueError: the file is not a vae_lib checkpoint, or does not say how to build its model.
+    """
+    from vae_lib.models import VAE
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No checkpoint at {path}. The stored models are made by `python -m vae_lib.pretrain` (notebook 06's) "
+            f"and `python -m vae_lib.pretrained` (notebook 05's)."
+        )
+    info = read_info(path)
+    arch = info.get("architecture")
+    if arch is None and "hidden" in info and "latent" in info:
+        arch = {"kind": "VAE", "in_features": 784, "hidden": info["hidden"], "latent": info["latent"]}
+    if arch is None or arch.get("kind") != "VAE":
+        raise ValueError(f"{path} does not record a VAE's sizes; build the model yourself and use checkpoint.load().")
+    hidden = arch["hidden"]
+    hidden = [hidden] if isinstance(hidden, int) else list(hidden)
+    # Built abstractly (shapes only, no random initialisation to compute), then filled from the file.
+    model = nnx.eval_shape(
+        lambda: VAE(in_features=arch["in_features"], hidden=tuple(hidden), latent=arch["latent"], rngs=nnx.Rngs(0))
+    )
+    load(path, model)
+    return model

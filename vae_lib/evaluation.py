@@ -1,23 +1,27 @@
 """Evaluating a trained model: the test negative ELBO (or any loss's metrics) in nats per image.
 
 The importance-weighted bound, a tighter estimate of log p(x), is
-:func:`vae_lib.objectives.importance_weighted_bound`.
+:func:`vae_lib.objectives.importance_weighted_bound`; :func:`log_likelihood` computes it with
+thousands of samples per image over a whole test set, in chunks (notebook 06).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.typing import ArrayLike
 
-from vae_lib.data import check_images, prepare_batch
+from vae_lib.data import binarize, check_images, prepare_batch, to_float
 from vae_lib.losses import vae_loss
+from vae_lib.objectives import bernoulli_log_likelihood, gaussian_log_density, standard_normal_log_density
 
-__all__ = ["eval_step", "evaluate"]
+__all__ = ["binarize_once", "eval_step", "evaluate", "log_likelihood"]
 
 
 @functools.partial(jax.jit, static_argnums=(1, 4))
@@ -60,3 +64,94 @@ def evaluate(
         for name, v in out.items():
             totals[name] = totals.get(name, 0.0) + float(v) * len(x)
     return {name: v / n for name, v in totals.items()}
+
+
+def binarize_once(images: ArrayLike, key: jax.Array) -> np.ndarray:
+    """One fixed binarization of a test set, float32 (N, D): pixel d of image n is 1 with probability x_nd.
+
+    The whole set is drawn with one ``key``, so the result does not depend on batch sizes;
+    a published number states its seed, and this is how the series fixes it.
+    """
+    return np.asarray(binarize(key, jnp.asarray(to_float(images, "binarize_once"))))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 5, 6))
+def _iw_batch(params, graphdef, x, index, key, k: int, chunk: int):
+    """Running logsumexp over k // chunk chunks of log-weights for one batch: (L_k, mean log w) per image."""
+    model = nnx.merge(graphdef, params)
+    mean, logvar = model.encoder(x)
+    std = jnp.exp(0.5 * logvar)
+    image_keys = jax.vmap(lambda n: jax.random.fold_in(key, n))(index)
+    b, latent = mean.shape
+
+    def body(carry, c):
+        run_max, run_sum, total = carry
+        eps = jax.vmap(lambda kn: jax.random.normal(jax.random.fold_in(kn, c), (chunk, latent)))(image_keys)
+        z = mean[:, None, :] + std[:, None, :] * eps  # (B, chunk, latent)
+        logits = model.decoder(z.reshape(b * chunk, latent)).reshape(b, chunk, -1)
+        log_w = (
+            bernoulli_log_likelihood(jnp.broadcast_to(x[:, None, :], logits.shape), logits)
+            + standard_normal_log_density(z)
+            - gaussian_log_density(z, mean[:, None, :], logvar[:, None, :])
+        )  # (B, chunk)
+        new_max = jnp.maximum(run_max, jnp.max(log_w, axis=1))
+        run_sum = run_sum * jnp.exp(run_max - new_max) + jnp.sum(jnp.exp(log_w - new_max[:, None]), axis=1)
+        return (new_max, run_sum, total + jnp.sum(log_w, axis=1)), None
+
+    init = (jnp.full((b,), -jnp.inf), jnp.zeros((b,)), jnp.zeros((b,)))
+    (run_max, run_sum, total), _ = jax.lax.scan(body, init, jnp.arange(k // chunk))
+    return run_max + jnp.log(run_sum) - math.log(k), total / k
+
+
+def log_likelihood(
+    model: nnx.Module,
+    x: ArrayLike,
+    key: jax.Array,
+    k: int = 5000,
+    *,
+    batch_size: int = 50,
+    chunk: int = 250,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """The importance-weighted bound L_k of every image, and its ELBO from the same draws.
+
+    L_k = log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x) (Burda et al. 2016;
+    :func:`vae_lib.objectives.importance_weighted_bound` for small k), accumulated over
+    ``k // chunk`` chunks with a running logsumexp, so k = 5000 fits in memory. The mean of
+    the same k log-weights is an estimate of the ELBO with k times less noise than one draw.
+
+    Image n's draws come from ``jax.random.fold_in(key, n)`` (n its row in ``x``) and chunk c
+    of them from ``fold_in`` of that by c: the numbers do not depend on ``batch_size``.
+
+    Args:
+        model: a :class:`vae_lib.models.VAE`.
+        x: binary images (N, D), e.g. from :func:`binarize_once`; they are not binarized here.
+        key: a ``jax.random.key``.
+        k: samples per image (a multiple of ``chunk``).
+        batch_size, chunk: images and samples per compiled piece (memory: about
+            ``batch_size * chunk * D * 12`` bytes).
+        progress: called with the number of images done after each batch.
+
+    Returns:
+        ``{"log_px": L_k per image, "elbo": mean log-weight per image}``, float64 arrays (N,) in nats.
+
+    Raises:
+        ValueError: ``k`` is not a positive multiple of ``chunk``, or ``x`` is not (N, D) in [0, 1].
+    """
+    if k <= 0 or chunk <= 0 or k % chunk:
+        raise ValueError(f"k = {k} must be a positive multiple of chunk = {chunk} (e.g. chunk = {math.gcd(k, 250)}).")
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"log_likelihood expects flattened images (N, D); got shape {x.shape}.")
+    check_images(x, "log_likelihood")
+    graphdef, params = nnx.split(model)
+    log_px, elbo = [], []
+    for start in range(0, len(x), batch_size):
+        xb = x[start : start + batch_size]
+        index = jnp.arange(start, start + len(xb))
+        lp, el = _iw_batch(params, graphdef, jnp.asarray(xb), index, key, k, chunk)
+        log_px.append(np.asarray(lp, np.float64))
+        elbo.append(np.asarray(el, np.float64))
+        if progress is not None:
+            progress(start + len(xb))
+    return {"log_px": np.concatenate(log_px), "elbo": np.concatenate(elbo)}

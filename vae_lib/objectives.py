@@ -30,6 +30,7 @@ __all__ = [
     "gaussian_log_density_std",
     "importance_weighted_bound",
     "kl_estimate_std",
+    "kl_per_dimension",
     "kl_to_standard_normal",
     "log_mean_exp",
     "reparameterize",
@@ -106,12 +107,22 @@ def gaussian_log_density_full(x: ArrayLike, mean: ArrayLike, cov: ArrayLike) -> 
     return -0.5 * (d * LOG_2PI + 2 * jnp.sum(jnp.log(jnp.diag(chol))) + jnp.sum(sol**2, axis=0))
 
 
+def kl_per_dimension(mean: ArrayLike, logvar: ArrayLike) -> jax.Array:
+    """The closed-form KL of each latent dimension, not summed: shape of `mean`.
+
+    KL_j = 1/2 [exp(logvar_j) + mean_j^2 - 1 - logvar_j]; a dimension with KL_j near 0 for
+    every x carries no information about x (notebook 06: posterior collapse).
+    """
+    mean, logvar = jnp.asarray(mean), jnp.asarray(logvar)
+    return 0.5 * (jnp.exp(logvar) + mean**2 - 1.0 - logvar)
+
+
 def kl_to_standard_normal(mean: ArrayLike, logvar: ArrayLike) -> jax.Array:
     """KL(N(mean, diag(exp(logvar))) || N(0, I)) in closed form, summed over the last axis.
 
     KL = 1/2 sum_j [exp(logvar_j) + mean_j^2 - 1 - logvar_j]  (Kingma & Welling 2013, App. B).
     """
-    return 0.5 * jnp.sum(jnp.exp(logvar) + mean**2 - 1.0 - logvar, axis=-1)
+    return jnp.sum(kl_per_dimension(mean, logvar), axis=-1)
 
 
 def kl_estimate_std(mean: ArrayLike, logvar: ArrayLike) -> jax.Array:
