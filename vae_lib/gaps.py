@@ -40,7 +40,10 @@ def _check(x, mean, logvar):
 def _elbo_terms(params, graphdef, x, mean, logvar, key, samples: int):
     decoder = nnx.merge(graphdef, params)
     keys = jax.random.split(key, samples)
-    rec = jax.vmap(lambda k: bernoulli_log_likelihood(x, decoder(reparameterize(k, mean, logvar))))(keys)
+    # 16 draws at a time: memory stays at 16 decoder outputs however many samples are asked for
+    rec = jax.lax.map(
+        lambda k: bernoulli_log_likelihood(x, decoder(reparameterize(k, mean, logvar))), keys, batch_size=16
+    )
     return jnp.mean(rec, axis=0) - kl_to_standard_normal(mean, logvar)
 
 
