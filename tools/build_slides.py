@@ -16,7 +16,8 @@ For each notebook `NN_name.ipynb` this writes, under build/slides/ (ignored by g
   tools/slides_template/ (every script local; slide size, type, figures sized to fit).
 
 and, once, `reveal.js/` (from the PyPI package sphinx-revealjs), `mathjax/` (MathJax 3, from the
-PyPI package django-static-mathjax) and `index.html`, a list of the decks. No tag in a deck loads
+PyPI package django-static-mathjax), `index.html` (a list of the decks) and `rise.css` (the
+type sizes jupyterlab-rise uses for the copies). No tag in a deck loads
 anything from the network; the figures are embedded in the HTML. Where a copy's code reads
 `../NAME/` (notebook 04 reads ../benchmarks/results/), build/NAME links to the repository's
 folder, so the copies also run in place.
@@ -280,8 +281,16 @@ def slide_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
             lines = code + _output_lines(cell, room if room > 4 else LINES_PER_SLIDE - code)
             add(cell, lines)
     nb.cells = cells
-    # jupyterlab-rise reads its settings from here: the deck's slide size, long slides scroll.
-    nb.metadata["rise"] = {"width": SLIDE_W, "height": SLIDE_H, "scroll": True, "transition": "none", "center": False}
+    # jupyterlab-rise reads its settings from here: the deck's size and theme ("simple", its default,
+    # imports web fonts), and long slides scroll.
+    nb.metadata["rise"] = {
+        "width": SLIDE_W,
+        "height": SLIDE_H,
+        "theme": "white",
+        "transition": "none",
+        "center": False,
+        "scroll": True,
+    }
     return nb
 
 
@@ -351,6 +360,7 @@ def copy_assets(out: Path) -> None:
     shutil.copytree(src / "plugin" / "notes", dest / "plugin" / "notes", dirs_exist_ok=True)
     shutil.copy2(src / "LICENSE", dest / "LICENSE")
     nc.copy_mathjax(out / "mathjax")
+    shutil.copy2(TEMPLATE_DIR / "rise.css", out / "rise.css")  # jupyterlab-rise's styles for the copies
 
 
 def title(nb: nbformat.NotebookNode) -> str:
