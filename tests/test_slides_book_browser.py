@@ -175,6 +175,7 @@ class Browser:
             "Emulation.setDeviceMetricsOverride",
             {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False},
         )
+        self.driver.set_script_timeout(60)
         self.requested: list[str] = []
 
     def open(self, path: str) -> None:
@@ -186,10 +187,10 @@ class Browser:
                 30,
                 f"MathJax to start on {path}",
             )
-            self.driver.set_script_timeout(60)
             self.driver.execute_async_script(
                 "MathJax.startup.promise.then(() => arguments[arguments.length - 1](true))"
             )
+        self.driver.execute_async_script("document.fonts.ready.then(() => arguments[arguments.length - 1](true))")
         _wait_for(lambda: all(i["complete"] for i in self.images()), 30, f"the images of {path}")
         self._collect_requests()
 

@@ -63,6 +63,7 @@ LINE_PX = 35.0
 LINES_PER_SLIDE = 19.0  # of the 720 px: margins, the padding of the cells, a little slack
 CHARS_PER_LINE = 100  # prose across the 1200 px text width
 FIGURE_MAX_W, FIGURE_MAX_H, FIGURE_UPSCALE = 1180, 540, 1.35
+MIN_SHRINK = 0.8  # a figure shrinks to this much of its size to stay on the slide, else starts its own
 CODE_LINE, OUTPUT_LINE = 0.72, 0.64  # a line of code (20 px), of printed output (18 px), in lines
 OUTPUT_MAX_LINES = 14  # longer printed output scrolls inside its box (deck.css)
 OUTPUT_CHARS = 113  # characters of printed output across the slide (longer lines wrap)
@@ -175,25 +176,24 @@ def _strip_test_markers(source: str) -> str:
     return "\n".join(line for line in source.splitlines() if not line.strip().startswith("# NBVAL_"))
 
 
-def _output_lines(cell, room: float) -> float:
-    """Lines the outputs take; figures are given a display width (their metadata) that fits."""
-    total = 0.0
+def _output_lines(cell, shrink: float = 1.0) -> tuple[float, float]:
+    """Lines the outputs take (all, and the figures' share), their figures scaled by `shrink`;
+    each figure is given that display size (its output metadata, which nbconvert writes out)."""
+    total = figures = 0.0
     for output in cell.get("outputs", []):
         data = output.get("data", {})
         if "image/png" in data:
             w, h = _png_size(data["image/png"])
-            scale = min(FIGURE_UPSCALE, FIGURE_MAX_W / w, FIGURE_MAX_H / h)
-            if room * LINE_PX < h * scale and room * LINE_PX >= 0.75 * h * scale:
-                scale = room * LINE_PX / h  # shrink it a little to stay on the slide
+            scale = shrink * min(FIGURE_UPSCALE, FIGURE_MAX_W / w, FIGURE_MAX_H / h)
             output.setdefault("metadata", {})["image/png"] = {"width": round(w * scale), "height": round(h * scale)}
-            total += h * scale / LINE_PX + 0.3
+            figures += h * scale / LINE_PX + 0.3
         elif "text/html" in data:
             total += 1.5
         else:
             text = "".join(output.get("text") or data.get("text/plain", ""))
             wrapped = sum(max(1, math.ceil(len(line) / OUTPUT_CHARS)) for line in text.rstrip("\n").split("\n"))
             total += OUTPUT_LINE * min(OUTPUT_MAX_LINES, wrapped) + 0.5
-    return total
+    return total + figures, figures
 
 
 def _output_width(outputs) -> int:
@@ -246,10 +246,20 @@ def slide_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
             for block in blocks:
                 m = HEADING.match(block)
                 starts = m is not None and len(m.group(1)) <= 3
-                if starts or not groups or HEADING.match(groups[-1][-1]) is None:
+                # A heading stays with what follows it; an equation, text going on with a small
+                # letter ("where ..."), or what a line ending in ":" announces, stays with the text
+                # before it, if they fit on one slide together.
+                glue = groups and (
+                    HEADING.match(groups[-1][-1])
+                    or (
+                        (block.startswith("$$") or block[:1].islower() or groups[-1][-1].rstrip().endswith(":"))
+                        and sum(map(block_lines, groups[-1] + [block])) <= LINES_PER_SLIDE
+                    )
+                )
+                if starts or not glue:
                     groups.append([block])
                 else:
-                    groups[-1].append(block)  # a heading stays with what follows it
+                    groups[-1].append(block)
             for k, group in enumerate(groups):
                 text = "\n\n".join(group)
                 piece = nbformat.v4.new_markdown_cell(text, metadata=copy.deepcopy(cell.metadata))
@@ -277,9 +287,11 @@ def slide_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
                 tags.extend(_width_tags("code", max(map(len, code_lines), default=0)))
             tags.extend(_width_tags("output", _output_width(outputs)))
             code = 0.0 if hide else CODE_LINE * n_code + 0.6
-            room = LINES_PER_SLIDE - used - code
-            lines = code + _output_lines(cell, room if room > 4 else LINES_PER_SLIDE - code)
-            add(cell, lines)
+            lines, figures = _output_lines(cell)
+            over = used + code + lines - LINES_PER_SLIDE  # lines past the end of the current slide
+            if figures and 0 < over <= (1 - MIN_SHRINK) * figures:  # a smaller figure stays on this slide
+                lines, _ = _output_lines(cell, shrink=1 - over / figures)
+            add(cell, code + lines)
     nb.cells = cells
     # jupyterlab-rise reads its settings from here: the deck's size and theme ("simple", its default,
     # imports web fonts), and long slides scroll.
