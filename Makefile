@@ -83,7 +83,7 @@ slides: setup
 # The static book of the series with its stored outputs (nothing runs), README as the landing page:
 # build/book/index.html. Sphinx + myst-nb + sphinx-book-theme, all from PyPI (tools/build_book.py, book/conf.py).
 book: setup
-	rm -rf build/book build/book_src
+	rm -rf build/book build/book_src build/jupyter_execute
 	$(BIN)/python tools/build_book.py $(NOTEBOOKS)
 
 # Training throughput, as an ablation (one change per row), on all cores and on one; the profile of
