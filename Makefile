@@ -7,11 +7,12 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 300
 LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
 PORT   ?= 8888
+LAB_DIR ?= notebooks
 
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup data lab lint test test-portable unit nbval run pretrained pretrain lecture bench footprint claims clean
+.PHONY: setup data lab lint test test-portable unit nbval run pretrained pretrain lecture slides book bench footprint claims clean
 
 # The pinned environment and vae_lib (editable). Re-runs when the pins change.
 $(STAMP): pyproject.toml requirements.lock
@@ -26,8 +27,9 @@ setup: $(STAMP)
 data: setup
 	$(BIN)/python -m vae_lib.fetch
 
+# `make lab LAB_DIR=build/slides` opens the slide copies of `make slides` (jupyterlab-rise presents them).
 lab: setup data
-	$(BIN)/jupyter lab --notebook-dir=notebooks --port=$(PORT) $(LAB_FLAGS)
+	$(BIN)/jupyter lab --notebook-dir=$(LAB_DIR) --port=$(PORT) $(LAB_FLAGS)
 
 # The whole suite: vae_lib's unit tests and strict nbval over every notebook, in order.
 test: setup data
@@ -76,6 +78,19 @@ pretrain: setup data
 lecture: setup
 	$(BIN)/python tools/lecture_path.py $(NOTEBOOKS)
 
+# Lecture slides: a reveal.js deck per notebook from its lecture path (build/slides/NN_name.slides.html,
+# build/slides/index.html lists them) and the slide copy jupyterlab-rise presents. Offline: reveal.js and
+# MathJax come from PyPI packages (tools/build_slides.py says which).
+slides: setup
+	rm -rf build/slides
+	$(BIN)/python tools/build_slides.py $(NOTEBOOKS)
+
+# The static book of the series with its stored outputs (nothing runs), README as the landing page:
+# build/book/index.html. Sphinx + myst-nb + sphinx-book-theme, all from PyPI (tools/build_book.py, book/conf.py).
+book: setup
+	rm -rf build/book build/book_src build/jupyter_execute
+	$(BIN)/python tools/build_book.py $(NOTEBOOKS)
+
 # Training throughput, as an ablation (one change per row), on all cores and on one; the profile of
 # the library's step. Each writes its output under benchmarks/results/, which notebook 04 reads.
 NPROC := $(shell nproc)
@@ -94,4 +109,4 @@ claims: setup data
 	$(BIN)/python benchmarks/claim_spread.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache artifacts
+	rm -rf $(VENV) .pytest_cache artifacts build

@@ -31,8 +31,9 @@ def _pins(reqs) -> dict:
 def pyproject_pins() -> dict:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     reqs = list(project["dependencies"])
-    for group in ("download", "notebooks", "test"):
-        reqs += project["optional-dependencies"][group]
+    for group, pins in project["optional-dependencies"].items():
+        if group != "all":  # `all` names the others
+            reqs += pins
     return _pins(reqs)
 
 

@@ -1,0 +1,231 @@
+"""tools/build_slides.py and tools/build_book.py without a browser: how lecture cells become
+slides, what the copies change, and that the built pages load nothing from the network.
+(tests/test_slides_book_browser.py opens them in Chromium.)"""
+
+import base64
+import re
+import struct
+import zlib
+
+import nbformat
+import pytest
+from helpers import REPO, load_script
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+# A tag that loads something: <script src>, <link href> (style sheets, icons, preloads), <img src>, ...
+LOADING_TAG = re.compile(r"<(script|link|img|iframe|source|video|audio|embed)\b[^>]*?\b(src|href)=\"([^\"]*)\"", re.I)
+
+
+@pytest.fixture(scope="module")
+def slides():
+    return load_script("tools/build_slides.py")
+
+
+@pytest.fixture(scope="module")
+def book():
+    return load_script("tools/build_book.py")
+
+
+@pytest.fixture(scope="module")
+def copies():
+    return load_script("tools/notebook_copies.py")
+
+
+def _png(width: int, height: int) -> str:
+    """A valid white PNG of that size, base64, as a notebook stores it."""
+    rows = b"".join(b"\x00" + b"\xff" * width for _ in range(height))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    raw = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return base64.b64encode(raw).decode()
+
+
+def _lecture(cell):
+    cell.metadata["tags"] = ["lecture"]
+    return cell
+
+
+def _notebook():
+    """Title, a section with a long paragraph run, a figure, a print, a widget, an exercise."""
+    v4 = nbformat.v4
+    prose = " ".join(["A sentence of ordinary length about the evidence lower bound $\\log p(x)$."] * 8)
+    figure = v4.new_code_cell("# NBVAL_IGNORE_OUTPUT\nplt.plot(x)\nplt.show()")
+    figure.outputs = [v4.new_output("display_data", data={"image/png": _png(600, 300), "text/plain": "<Figure>"})]
+    printing = v4.new_code_cell("print(1)\nprint(2)")
+    printing.outputs = [v4.new_output("stream", name="stdout", text="1\n2\n")]
+    widget = v4.new_code_cell("explorer = widgets.interact(f, z=slider)")
+    widget.outputs = [
+        v4.new_output(
+            "display_data",
+            data={
+                "application/vnd.jupyter.widget-view+json": {"model_id": "ab", "version_major": 2, "version_minor": 0},
+                "text/plain": "interactive(children=(FloatSlider(value=0.0),))",
+            },
+        )
+    ]
+    bar = v4.new_code_cell("fit()")
+    bar.outputs = [
+        v4.new_output(
+            "display_data",
+            data={
+                "application/vnd.jupyter.widget-view+json": {"model_id": "cd"},
+                "text/plain": "training: 100%|##| 9/9",
+            },
+        )
+    ]
+    solution = v4.new_code_cell("answer = 42", metadata={"jupyter": {"source_hidden": True}})
+    cells = [
+        _lecture(v4.new_markdown_cell("# 01 · A title\n\n[02 next →](02_next.ipynb) · [overview](../README.md)")),
+        v4.new_code_cell("import numpy as np"),
+        _lecture(v4.new_markdown_cell("## 1. A section\n\n" + "\n\n".join([prose] * 6))),
+        _lecture(figure),
+        _lecture(
+            v4.new_markdown_cell("### 1.1 A subsection\n\nSome text.\n\nCells marked `# NBVAL_IGNORE_OUTPUT` vary.")
+        ),
+        _lecture(printing),
+        widget,
+        bar,
+        v4.new_markdown_cell("## Exercises\n\n<details><summary>Solution</summary>\n\n$x = 1$\n\n</details>"),
+        solution,
+    ]
+    return v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+
+
+def _kinds(nb):
+    return [(c.metadata["slideshow"]["slide_type"], c.source.splitlines()[0][:30]) for c in nb.cells]
+
+
+def test_markdown_is_cut_at_paragraphs_never_inside_fences_math_or_details(slides):
+    text = "\n".join(
+        [
+            "First paragraph.",
+            "",
+            "```python",
+            "x = 1",
+            "",
+            "y = 2",
+            "```",
+            "",
+            "$$",
+            "a",
+            "",
+            "b",
+            "$$",
+            "",
+            "<details><summary>S</summary>",
+            "",
+            "inside",
+            "",
+            "</details>",
+            "### A heading",
+            "- item",
+            "",
+            "  its continuation",
+        ]
+    )
+    blocks = slides.markdown_blocks(text)
+    assert blocks[0] == "First paragraph."
+    assert blocks[1].startswith("```python") and blocks[1].endswith("```") and "y = 2" in blocks[1]
+    assert blocks[2].startswith("$$") and blocks[2].endswith("$$")
+    assert blocks[3].startswith("<details>") and blocks[3].endswith("</details>")
+    assert blocks[4] == "### A heading"
+    assert blocks[5] == "- item\n\n  its continuation"  # an indented continuation stays with its item
+    long_list = "\n".join(f"{i}. " + "word " * 40 for i in range(1, 6))
+    assert [b.split(".")[0] for b in slides.markdown_blocks(long_list)] == ["1", "2", "3", "4", "5"]
+
+
+def test_lecture_cells_become_slides_and_the_rest_is_skipped(slides):
+    nb = slides.slide_notebook(_notebook())
+    kinds = _kinds(nb)
+    assert kinds[0] == ("slide", "# 01 · A title")
+    assert kinds[1] == ("skip", "import numpy as np")
+    assert kinds[2] == ("slide", "## 1. A section")
+    assert sum(k == "subslide" for k, s in kinds if s.startswith("A sentence")) >= 2  # the long run is cut
+    assert ("subslide", "### 1.1 A subsection") in kinds
+    assert [k for k, s in kinds if "NBVAL" in s] == ["notes"]  # about the tests: a speaker note, not a slide
+    assert all(k == "skip" for k, s in kinds if s.startswith(("## Exercises", "answer", "explorer", "fit(")))
+    assert nb.metadata["rise"]["width"] == 1280 and nb.metadata["rise"]["height"] == 720
+
+
+def test_code_is_hidden_where_the_output_is_the_point_and_figures_are_sized(slides):
+    nb = slides.slide_notebook(_notebook())
+    figure = next(c for c in nb.cells if c.source.startswith("plt.plot"))
+    assert "NBVAL" not in figure.source  # the test marker is not shown
+    assert "remove-input" in figure.metadata.tags and figure.metadata["jupyter"]["source_hidden"]
+    size = figure.outputs[0].metadata["image/png"]
+    assert size["width"] / size["height"] == pytest.approx(2, rel=0.01) and size["width"] <= slides.FIGURE_MAX_W
+    printing = next(c for c in nb.cells if c.source.startswith("print(1)"))
+    assert "remove-input" in printing.metadata.tags  # code that only prints: the output is the point
+
+
+def test_the_slide_copy_leaves_the_committed_notebook_alone_and_is_deterministic(slides):
+    original = _notebook()
+    before = nbformat.writes(original)
+    first, second = slides.slide_notebook(original), slides.slide_notebook(original)
+    assert nbformat.writes(original) == before
+    assert nbformat.writes(first) == nbformat.writes(second)
+
+
+def test_links_point_at_the_decks_and_remote_links_stay(slides, copies):
+    md = "[a](02_vae_and_the_elbo.ipynb#sec) [b](../README.md) [c](https://example.org/x.ipynb) [d](#here)"
+    out = copies.relink(md, slides._deck_link)
+    assert out == "[a](02_vae_and_the_elbo.slides.html#sec) [b](index.html) [c](https://example.org/x.ipynb) [d](#here)"
+
+
+def test_widget_outputs_become_a_note_or_their_text(copies):
+    nb = copies.static_outputs(_notebook())
+    explorer = next(c for c in nb.cells if c.source.startswith("explorer")).outputs[0].data
+    bar = next(c for c in nb.cells if c.source.startswith("fit(")).outputs[0].data
+    assert list(explorer) == ["text/html", "text/plain"] and "live kernel" in explorer["text/html"]
+    assert bar == {"text/plain": "training: 100%|##| 9/9"}
+
+
+def test_the_readme_becomes_a_landing_page_without_remote_images(book):
+    readme = (
+        "# T\n\n[![Binder](https://mybinder.org/badge.svg)](https://mybinder.org/v2/x)\n![pic](https://e.org/p.png)\n"
+    )
+    page = book.landing_page(readme, ["notebooks/01_a", "notebooks/02_b"])
+    assert "[Binder](https://mybinder.org/v2/x)" in page and "![" not in page
+    assert "```{toctree}" in page and "notebooks/01_a\nnotebooks/02_b" in page
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_notebook_of_the_series_has_a_deck(slides, path):
+    nb = slides.slide_notebook(nbformat.read(path, as_version=4))
+    shown = [c for c in nb.cells if c.metadata["slideshow"]["slide_type"] not in ("skip", "notes")]
+    assert shown and shown[0].metadata["slideshow"]["slide_type"] == "slide"
+    assert sum(c.metadata["slideshow"]["slide_type"] == "slide" for c in nb.cells) >= 3
+
+
+def _remote_loads(html: str) -> list[str]:
+    return [m.group(0)[:120] for m in LOADING_TAG.finditer(html) if re.match(r"(https?:)?//", m.group(3))]
+
+
+def test_the_deck_loads_only_local_files(slides, tmp_path):
+    path = tmp_path / "01_a_title.ipynb"
+    nbformat.write(_notebook(), path)
+    slides.copy_assets(tmp_path)
+    html = slides.write_deck(path, tmp_path).read_text()
+    assert not _remote_loads(html), _remote_loads(html)
+    for src in ("reveal.js/dist/reveal.js", "reveal.js/plugin/notes/notes.js", "mathjax/tex-chtml-full.js"):
+        assert f'src="{src}"' in html and (tmp_path / src).is_file()
+    assert (tmp_path / "reveal.js/dist/theme/white.css").is_file()
+    assert "01_a_title.slides.html" not in html and 'href="02_next.slides.html"' in html
+
+
+def test_the_book_loads_only_local_files(book, tmp_path):
+    path = tmp_path / "src" / "01_a_title.ipynb"
+    path.parent.mkdir()
+    nbformat.write(_notebook(), path)
+    index = book.build([path], tmp_path / "book")
+    page = tmp_path / "book" / "notebooks" / "01_a_title.html"
+    for html in (index.read_text(), page.read_text()):
+        assert not _remote_loads(html), _remote_loads(html)
+    text = page.read_text()
+    assert "mathjax/tex-chtml-full.js" in text and (tmp_path / "book/_static/mathjax/tex-chtml-full.js").is_file()
+    assert "<details" in text and "<details open" not in text
+    assert "live kernel" in text and "interactive(children" not in text
+    assert 'href="../index.html"' in text  # the notebook's ../README.md link, now the landing page

@@ -1,0 +1,110 @@
+"""What the slides and the book share: the series' notebooks, copied and made static.
+
+Imported by tools/build_slides.py and tools/build_book.py (not run on its own). Everything here
+works on a copy: the committed notebooks are never written.
+
+- `series(paths)`: the notebooks to build, `notebooks/NN_name.ipynb`, in order.
+- `static_outputs(nb)`: widget outputs as a page without a kernel can show them. A progress bar
+  (tqdm) keeps its plain-text line ("training: 100%|####| ..."); an interactive widget, which
+  only a live kernel can draw, becomes one line saying so (notebook 05's explorer is followed
+  by a static figure of what its sliders do).
+- `relink(markdown, target)`: rewrite the local links of a markdown cell (`01_x.ipynb`,
+  `../README.md`) to where the built page lives.
+- `asset(...)`: the folders of the packaged front-end files (reveal.js from sphinx-revealjs,
+  MathJax 3 from django-static-mathjax) and `copy_mathjax(out)`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import nbformat
+
+REPO = Path(__file__).resolve().parents[1]
+SERIES_NAME = re.compile(r"^\d\d_\w+\.ipynb$")
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_NOTE = (
+    '<p class="widget-note"><em>An interactive widget is here when the notebook runs in JupyterLab; '
+    "it needs a live kernel, so this page cannot show it.</em></p>"
+)
+# The file of MathJax 3 the pages load (TeX input, all TeX extensions, CommonHTML output), and the
+# folders it loads from at run time: its fonts, the context menu, the assistive MathML.
+MATHJAX_SCRIPT = "tex-chtml-full.js"
+MATHJAX_PARTS = [MATHJAX_SCRIPT, "output/chtml/fonts/woff-v2", "ui", "a11y", "adaptors", "input"]
+LINK = re.compile(r"(\]\()([^)\s]+)(\))")
+
+
+def series(paths: Iterable[Path]) -> list[Path]:
+    """The given notebooks of the series (`NN_name.ipynb`), sorted; anything else is an error."""
+    paths = sorted(Path(p) for p in paths)
+    wrong = [str(p) for p in paths if not SERIES_NAME.match(p.name) or not p.is_file()]
+    if wrong or not paths:
+        raise SystemExit(f"not notebooks of the series (notebooks/NN_name.ipynb): {wrong or 'none given'}")
+    return paths
+
+
+def read(path: Path) -> nbformat.NotebookNode:
+    return nbformat.read(path, as_version=4)
+
+
+def static_outputs(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Replace widget outputs in `nb` (in place) by what a static page can show; return `nb`."""
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if WIDGET_VIEW not in data:
+                continue
+            text = data.get("text/plain", "")
+            text = "".join(text) if isinstance(text, list) else text
+            del data[WIDGET_VIEW]
+            if not text.strip() or re.match(r"\s*(interactive|[A-Z]\w*Box|\w+Slider)\(", text):
+                output["data"] = {"text/html": WIDGET_NOTE, "text/plain": "(interactive widget)"}
+    return nb
+
+
+def relink(markdown: str, target: Callable[[str], str | None]) -> str:
+    """Rewrite each local link `](path)` of `markdown` with `target(path)` (None keeps it)."""
+
+    def one(m: re.Match) -> str:
+        path = m.group(2)
+        if re.match(r"^[a-z][a-z0-9+.-]*:|^#", path):  # http:, mailto:, an anchor on the page
+            return m.group(0)
+        new = target(path)
+        return m.group(0) if new is None else m.group(1) + new + m.group(3)
+
+    return LINK.sub(one, markdown)
+
+
+def _package_dir(module: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"the package {module!r} is not installed: run `make setup`")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def reveal_dir() -> Path:
+    """reveal.js (dist/ and plugin/) as the PyPI package sphinx-revealjs ships it."""
+    return _package_dir("sphinx_revealjs") / "_static" / "revealjs"
+
+
+def mathjax_dir() -> Path:
+    """MathJax 3's browser build (es5/) as the PyPI package django-static-mathjax ships it."""
+    return _package_dir("mathjax") / "static" / "mathjax"
+
+
+def copy_mathjax(out: Path) -> Path:
+    """Copy the parts of MathJax the pages use into `out`; return the path of its script."""
+    src = mathjax_dir()
+    for part in MATHJAX_PARTS:
+        source, dest = src / "es5" / part, out / part
+        if source.is_dir():
+            shutil.copytree(source, dest, dirs_exist_ok=True)
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest)
+    shutil.copy2(src / "LICENSE", out / "LICENSE")
+    return out / MATHJAX_SCRIPT
