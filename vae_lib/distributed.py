@@ -12,14 +12,14 @@ with its name, and prints one JSON line last::
 
     {"processes": 2, "devices": 4, "steps": 20, "matches_single_process": true,
      "max_abs_diff": 8.8e-06, "tolerance": 0.0001, "final_loss": 370.494, "seconds": 26.1,
-     "worker_peak_mb": 520}
+     "worker_cpu_s": 24.0, "worker_peak_mb": 520}
 
-(``seconds`` is the run's wall time and ``worker_peak_mb`` the largest peak resident memory of
-any one worker.) ``max_abs_diff`` is the largest difference between any final parameter of the two runs; they
+``max_abs_diff`` is the largest difference between any final parameter of the two runs; they
 match when it is at most :data:`TOLERANCE` (a tenth of one Adam step, whose size is the
 learning rate 1e-3): splitting a sum over devices changes the order of float additions, and
 Adam turns a rounding difference in a gradient near zero into a visible difference in that
-parameter's step.
+parameter's step. ``seconds`` is the run's wall time, ``worker_cpu_s`` the CPU time of all
+workers together and ``worker_peak_mb`` the largest peak resident memory of any one worker.
 
 If any process exits with an error or is killed, the launcher stops the others at once,
 names the process and prints its last log lines, and exits with status 1; after ``--timeout``
@@ -377,7 +377,9 @@ def launch(
         with np.load(folder / "process_0.npz") as f:
             result["final_loss"] = round(float(f["losses"][-1]), 3)
     result["seconds"] = round(time.monotonic() - start, 1)
-    result["worker_peak_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)  # largest child
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN)  # every worker started here, after its end
+    result["worker_cpu_s"] = round(workers.ru_utime + workers.ru_stime, 1)
+    result["worker_peak_mb"] = round(workers.ru_maxrss / 1024)  # the largest of them
     if not workdir:
         shutil.rmtree(folder, ignore_errors=True)
     return result
