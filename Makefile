@@ -67,6 +67,12 @@ run: setup data
 pretrained: setup data
 	$(BIN)/python -m vae_lib.pretrained --out notebooks/pretrained
 
+# Two processes joined by jax.distributed over loopback train 20 steps together; one JSON line compares them
+# with one process on one device (vae_lib/distributed.py; notebook 07 runs the same command).
+.PHONY: distributed
+distributed: setup data
+	$(BIN)/python -m vae_lib.distributed --processes 2 --devices-per-process 2 --steps 20
+
 # The lecture path: each notebook's cells tagged `lecture`, with their outputs, in build/lecture/.
 lecture: setup
 	$(BIN)/python tools/lecture_path.py $(NOTEBOOKS)
