@@ -338,9 +338,8 @@ def launch(
         for name, argv in runs:
             out = folder / (name.replace(" ", "_") + ".npz")
             log_path = folder / (name.replace(" ", "_") + ".log")
-            children.append(
-                _spawn(name, [*argv, "--out", str(out)], log_path, children[0].process.pid if children else None)
-            )
+            group = children[0].process.pid if children else None  # one process group: the first child's
+            children.append(_spawn(name, [*argv, "--out", str(out)], log_path, group))
             echo(f"{name}: pid {children[-1].process.pid}")
         while True:
             for c in children:
@@ -377,7 +376,7 @@ def launch(
         with np.load(folder / "process_0.npz") as f:
             result["final_loss"] = round(float(f["losses"][-1]), 3)
     result["seconds"] = round(time.monotonic() - start, 1)
-    workers = resource.getrusage(resource.RUSAGE_CHILDREN)  # every worker started here, after its end
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN)  # all ended children of this process: the workers
     result["worker_cpu_s"] = round(workers.ru_utime + workers.ru_stime, 1)
     result["worker_peak_mb"] = round(workers.ru_maxrss / 1024)  # the largest of them
     if not workdir:
