@@ -70,9 +70,15 @@ pretrained: setup data
 	$(BIN)/python -m vae_lib.pretrained --out notebooks/pretrained
 
 # Notebook 06's models: twelve small VAEs (about 3 min) and one trained to convergence with early stopping, then
-# scored with L_5000 on the whole test set (about 40 min on 2 cores). Resumes a cut-off run; NAMES=... for some only.
+# scored with L_5000 on the whole test set (about an hour on 2 cores). Resumes a cut-off run; NAMES=... for some only.
 pretrain: setup data
 	$(BIN)/python -m vae_lib.pretrain $(NAMES)
+
+# Two processes joined by jax.distributed over loopback train 20 steps together; one JSON line compares them
+# with one process on one device (vae_lib/distributed.py; notebook 07 runs the same command).
+.PHONY: distributed
+distributed: setup data
+	$(BIN)/python -m vae_lib.distributed --processes 2 --devices-per-process 2 --steps 20
 
 # The lecture path: each notebook's cells tagged `lecture`, with their outputs, in build/lecture/.
 lecture: setup

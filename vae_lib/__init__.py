@@ -8,7 +8,8 @@ losses), ``estimators`` (score-function and pathwise gradient estimators), ``tra
 plain and the fused training loops, ``fit``), ``step_variants`` (the step written several
 ways), ``evaluation`` (test ELBO; L_k over a test set), ``latent`` (holes in a 2-D code
 space), ``posterior_diagnostics`` (rate, distortion, active units, the aggregate posterior),
-``gaps`` (approximation and amortization gaps), ``cost`` (FLOPs,
+``gaps`` (approximation and amortization gaps), ``sharding`` and ``sharded_training`` (meshes,
+layouts, the step on many devices), ``distributed`` (many processes), ``cost`` (FLOPs,
 matmul rates, the stored benchmark results), ``memory`` (releasing compiled programs),
 ``checkpoint`` (saving parameters), ``pretrained`` (the two stored VAEs: their recipes,
 loading them, the command that retrains them), ``pretrain`` (notebook 06's models: early
