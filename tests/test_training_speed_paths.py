@@ -200,7 +200,10 @@ def test_checkpoint_round_trip_restores_every_parameter_and_the_info(tmp_path):
     )
     fresh = VAE(hidden=32, latent=3, rngs=nnx.Rngs(1))
     info = checkpoint.load(path, fresh)
-    assert info == {"latent": 3, "history": {"loss": [2.5, 1.25]}} == checkpoint.read_info(path)
+    # save() adds the VAE's sizes, so that checkpoint.load_model can rebuild it
+    expected = {"latent": 3, "history": {"loss": [2.5, 1.25]}, "architecture": checkpoint.architecture(model)}
+    assert info == expected == checkpoint.read_info(path)
+    assert info["architecture"] == {"kind": "VAE", "in_features": 784, "hidden": [32], "latent": 3}
     _assert_same_params(nnx.state(fresh, nnx.Param), nnx.state(model, nnx.Param), rtol=0, atol=0)
     x = jnp.linspace(0, 1, 784)[None]
     assert jnp.array_equal(fresh.reconstruct(x), model.reconstruct(x))
