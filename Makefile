@@ -69,7 +69,7 @@ run: setup data
 pretrained: setup data
 	$(BIN)/python -m vae_lib.pretrained --out notebooks/pretrained
 
-# Notebook 06's models: twelve small VAEs (about 3 min) and one trained to convergence with early stopping, then
+# Notebook 06's models: twelve small VAEs (14 min on busy cores) and one trained to convergence with early stopping, then
 # scored with L_5000 on the whole test set (about an hour on 2 cores). Resumes a cut-off run; NAMES=... for some only.
 pretrain: setup data
 	$(BIN)/python -m vae_lib.pretrain $(NAMES)
