@@ -247,6 +247,14 @@ def test_warm_up_raises_beta_linearly_to_its_value(tiny_recipe, fashion_train):
     assert history["beta"] == [0.5, 1.0, 1.0]
 
 
+def test_epochs_with_the_same_beta_share_one_loss_so_the_epoch_is_compiled_once():
+    recipe = pretrain.RECIPES["sweep_beta3"]
+    assert pretrain._loss(recipe, 1) is pretrain._loss(recipe, 7)
+    warm = pretrain.RECIPES["sweep_z64_warmup"]
+    assert pretrain._loss(warm, 1) is not pretrain._loss(warm, 2)  # beta 0.2, then 0.4
+    assert pretrain._loss(warm, 6) is pretrain._loss(warm, 9) is losses.vae_loss
+
+
 def test_a_short_try_must_not_overwrite_the_stored_models(capsys):
     with pytest.raises(SystemExit):
         pretrain.main(["sweep_z2", "--max-epochs", "1"])

@@ -130,10 +130,16 @@ def _beta(r: Recipe, epoch: int) -> float:
 
 
 def _loss(r: Recipe, epoch: int):
-    beta = _beta(r, epoch)
-    if beta == 1.0 and r.free_bits == 0.0:
+    return _loss_for(_beta(r, epoch), r.free_bits)
+
+
+@functools.cache
+def _loss_for(beta: float, free_bits: float):
+    """One loss function per (beta, free bits): the loss is a static part of the TrainState, so a
+    new ``functools.partial`` each epoch would make the fused epoch compile again every epoch."""
+    if beta == 1.0 and free_bits == 0.0:
         return losses.vae_loss
-    return functools.partial(losses.beta_vae_loss, beta=beta, free_bits=r.free_bits)
+    return functools.partial(losses.beta_vae_loss, beta=beta, free_bits=free_bits)
 
 
 def _resume_path(folder: Path, name: str) -> Path:
