@@ -36,6 +36,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import CHROMIUM_BASE_FLAGS
 
 try:
     from selenium import webdriver
@@ -64,15 +65,7 @@ SAVE_TIMEOUT_S = 30
 
 # As ENVIRONMENT.md says: headless, as root, and quiet on a closed network.
 CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
+    *CHROMIUM_BASE_FLAGS,
     "--window-size=1400,1000",
 ]
 

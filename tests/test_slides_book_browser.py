@@ -36,6 +36,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import CHROMIUM_BASE_FLAGS
 
 try:
     from selenium import webdriver
@@ -56,15 +57,7 @@ WIDGET_NOTEBOOKS = [p for p in NOTEBOOKS if '"interactive(children' in p.read_te
 WIDTH, HEIGHT = 1280, 720
 
 CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
+    *CHROMIUM_BASE_FLAGS,
     "--hide-scrollbars",
     f"--window-size={WIDTH},{HEIGHT}",
     # The network, blocked: no name resolves but 127.0.0.1, and anything else goes to a dead proxy.
