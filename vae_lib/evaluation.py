@@ -19,7 +19,7 @@ from jax.typing import ArrayLike
 
 from vae_lib.data import binarize, check_images, prepare_batch, to_float
 from vae_lib.losses import vae_loss
-from vae_lib.objectives import log_importance_weight
+from vae_lib.objectives import bernoulli_log_likelihood, gaussian_log_density, standard_normal_log_density
 
 __all__ = ["binarize_once", "eval_step", "evaluate", "log_likelihood"]
 
@@ -89,8 +89,11 @@ def _iw_batch(params, graphdef, x, index, key, k: int, chunk: int):
         eps = jax.vmap(lambda kn: jax.random.normal(jax.random.fold_in(kn, c), (chunk, latent)))(image_keys)
         z = mean[:, None, :] + std[:, None, :] * eps  # (B, chunk, latent)
         logits = model.decoder(z.reshape(b * chunk, latent)).reshape(b, chunk, -1)
-        x_rep = jnp.broadcast_to(x[:, None, :], logits.shape)
-        log_w = log_importance_weight(x_rep, logits, z, mean[:, None, :], logvar[:, None, :])  # (B, chunk)
+        log_w = (
+            bernoulli_log_likelihood(jnp.broadcast_to(x[:, None, :], logits.shape), logits)
+            + standard_normal_log_density(z)
+            - gaussian_log_density(z, mean[:, None, :], logvar[:, None, :])
+        )  # (B, chunk)
         new_max = jnp.maximum(run_max, jnp.max(log_w, axis=1))
         run_sum = run_sum * jnp.exp(run_max - new_max) + jnp.sum(jnp.exp(log_w - new_max[:, None]), axis=1)
         return (new_max, run_sum, total + jnp.sum(log_w, axis=1)), None

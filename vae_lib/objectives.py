@@ -32,7 +32,6 @@ __all__ = [
     "kl_estimate_std",
     "kl_per_dimension",
     "kl_to_standard_normal",
-    "log_importance_weight",
     "log_mean_exp",
     "reparameterize",
     "standard_normal_log_density",
@@ -193,16 +192,6 @@ def vae_elbo(model: nnx.Module, x: ArrayLike, key: jax.Array, analytic_kl: bool 
     return {"elbo": rec - kl, "log_px_given_z": rec, "kl": kl}
 
 
-def log_importance_weight(
-    x: ArrayLike, logits: ArrayLike, z: ArrayLike, mean: ArrayLike, logvar: ArrayLike
-) -> jax.Array:
-    """log w = log p(x|z) + log p(z) - log q(z|x) at a sample z of q(z|x), per example.
-
-    The importance weight of the bound L_k (Burda et al. 2016); its mean over z ~ q is the ELBO.
-    """
-    return bernoulli_log_likelihood(x, logits) + standard_normal_log_density(z) - gaussian_log_density(z, mean, logvar)
-
-
 def vae_log_weights(model: nnx.Module, x: ArrayLike, key: jax.Array, k: int) -> jax.Array:
     """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x) for k samples z_i ~ q(z|x): (k, batch)."""
     mean, logvar = model.encoder(x)
@@ -210,7 +199,11 @@ def vae_log_weights(model: nnx.Module, x: ArrayLike, key: jax.Array, k: int) -> 
 
     def one(kk):
         z = reparameterize(kk, mean, logvar)
-        return log_importance_weight(x, model.decoder(z), z, mean, logvar)
+        return (
+            bernoulli_log_likelihood(x, model.decoder(z))
+            + standard_normal_log_density(z)
+            - gaussian_log_density(z, mean, logvar)
+        )
 
     return jax.lax.map(one, keys)
 
