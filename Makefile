@@ -31,20 +31,24 @@ data: setup
 lab: setup data
 	$(BIN)/jupyter lab --notebook-dir=$(LAB_DIR) --port=$(PORT) $(LAB_FLAGS)
 
-# The whole suite: vae_lib's unit tests and strict nbval over every notebook, in order.
-test: setup data
-	$(BIN)/python -m pytest tests $(NOTEBOOKS) $(NBVAL)
+# The whole suite: vae_lib's unit tests and strict nbval over every notebook, in order. The environment test
+# checks Binder's lean environment in build/binder (binder-env) instead of building its own.
+test: setup data binder-env
+	VAE_BINDER_DIR=$(BINDER_DIR) $(BIN)/python -m pytest tests $(NOTEBOOKS) $(NBVAL)
 
-# Strict nbval again, as other machines would run it: XLA compiling for an older instruction
-# set, then one core with another OpenBLAS core type. Stored outputs must pass on any machine.
-ARCH := $(shell uname -m)
-PORTABLE_ISA := $(if $(filter aarch64 arm64,$(ARCH)),NEON,SSE4_2)
-PORTABLE_BLAS := $(if $(filter x86_64,$(ARCH)),OPENBLAS_CORETYPE=Prescott,)
-test-portable: setup data
-	@echo "== strict nbval with XLA_FLAGS=--xla_cpu_max_isa=$(PORTABLE_ISA)"
-	XLA_FLAGS=--xla_cpu_max_isa=$(PORTABLE_ISA) $(BIN)/python -m pytest $(NOTEBOOKS) $(NBVAL)
-	@echo "== strict nbval on one core (taskset -c 0) $(PORTABLE_BLAS)"
-	$(PORTABLE_BLAS) taskset -c 0 $(BIN)/python -m pytest $(NOTEBOOKS) $(NBVAL)
+# Binder's environment, built as repo2docker builds it from binder/ (tools/binder.py): a copy of the repository in
+# build/binder/repo, a venv from binder/requirements.txt (rebuilt when it changes; pip's cache makes that a minute),
+# binder/postBuild run in the copy, and a kernelspec for that venv.
+BINDER_DIR := build/binder
+.PHONY: binder-env
+binder-env: setup
+	$(BIN)/python tools/binder.py --dir $(BINDER_DIR) build
+
+# Strict nbval over every notebook once more, as Binder runs them and with another machine's numerics: the kernel in
+# Binder's environment, on one core, everything under a 2 GiB memory cgroup, offline, XLA compiling for an older
+# instruction set and (x86_64) OpenBLAS on another core type. Prints each notebook's time and peak memory.
+test-portable: setup binder-env
+	$(BIN)/python tools/binder.py --dir $(BINDER_DIR) nbval --pytest-args "$(filter-out --nbval-current-env,$(NBVAL))"
 
 # The fast part of tests/ (seconds per test): no fresh venv, no browser, no planted-bug nbval runs.
 unit: setup data
