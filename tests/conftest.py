@@ -17,3 +17,7 @@ def fashion_test():
 @pytest.fixture(scope="session")
 def fashion_train():
     return data.load_fashion_mnist("train")
+
+
+# tests/data/ holds inputs for tests (the JupyterLab smoke notebook), not notebooks for nbval to collect.
+collect_ignore_glob = ["data/*.ipynb"]
