@@ -12,6 +12,9 @@ failing claim does not hide the others) under each *setting*, a stand-in for ano
     isa-AVX      XLA compiles for AVX without AVX2/FMA
     one-core     the whole run pinned to one core (`taskset -c 0`): other thread splits
     openblas     NumPy's BLAS told to use another core type (OPENBLAS_CORETYPE=Prescott)
+    binder       all of that at once, as `make test-portable` runs the notebooks: one core, XLA for
+                 SSE4.2 (NEON on aarch64) and OpenBLAS on Prescott (x86_64), from tools/binder.py
+                 (its memory limit and cut network change no number, so they are left out here)
 
 Every `vae_lib.claims` check appends the value it computed to a log (VAE_LIB_CLAIMS_LOG).
 The summary lists, per claim: the stated value and tolerance, the values under each setting,
@@ -30,11 +33,21 @@ import shutil
 import subprocess
 import sys
 import time
+from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 OUT = REPO / "build" / "claim_spread"
+
+
+def _binder_numerics() -> dict[str, str]:
+    """The numerics of `make test-portable` (tools/binder.py), so both use one definition."""
+    spec = spec_from_file_location("binder", REPO / "tools" / "binder.py")
+    module = module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.numerics_env()
+
 
 SETTINGS = {
     "native": ({}, []),
@@ -42,6 +55,7 @@ SETTINGS = {
     "isa-AVX": ({"XLA_FLAGS": "--xla_cpu_max_isa=AVX"}, []),
     "one-core": ({}, ["taskset", "-c", "0"]),
     "openblas": ({"OPENBLAS_CORETYPE": "Prescott"}, []),
+    "binder": (_binder_numerics(), ["taskset", "-c", "0"]),
 }
 
 
@@ -129,8 +143,8 @@ def main() -> int:
         if not args.notebooks or any(p.name.startswith(n) for n in args.notebooks)
     )
     if not args.summarise_only:
-        if "one-core" in args.settings and shutil.which("taskset") is None:
-            sys.exit("taskset (util-linux) is needed for the one-core setting")
+        if {"one-core", "binder"} & set(args.settings) and shutil.which("taskset") is None:
+            sys.exit("taskset (util-linux) is needed for the one-core and binder settings")
         for name in args.settings:
             run_setting(name, notebooks)
     rows = summarise(args.settings)

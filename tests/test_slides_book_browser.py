@@ -2,8 +2,11 @@
 
 `make slides` and `make book` promise pages that work offline: every script, style sheet, font
 and figure is a local file, equations are rendered by a local MathJax, and figures fit the
-1280x720 slide. This test builds both into a temporary folder with the tools the Makefile runs
-(tools/build_slides.py and tools/build_book.py over every notebook), serves
+1280x720 slide. This test opens what `make slides` and `make book` built in build/slides and
+build/book when both are there and newer than everything they are built from (the notebooks, the
+build tools, the book's configuration, README.md, the pins); otherwise (or with
+VAE_SITE_REBUILD=1) it builds both into a temporary folder with the same tools
+(tools/build_slides.py and tools/build_book.py over every notebook). It serves
 them from a local HTTP server on 127.0.0.1, and opens them in Debian's Chromium (headless,
 through Selenium and the system chromedriver; nothing is downloaded) with every host but
 127.0.0.1 unresolvable and a dead proxy for everything else. It checks what a reader sees:
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -223,10 +227,47 @@ class Browser:
             self.server.server_close()
 
 
+# What build/slides and build/book are made from: newer than the built pages means they are stale.
+SITE_INPUTS = ["tools/build_slides.py", "tools/build_book.py", "tools/notebook_copies.py", "tools/slides_template",
+               "book", "README.md", "pyproject.toml", "requirements.lock"]  # fmt: skip
+
+
+def _newest_input() -> tuple[float, Path]:
+    paths = list(NOTEBOOKS)
+    for name in SITE_INPUTS:
+        path = REPO / name
+        paths += [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    return max((p.stat().st_mtime, p) for p in paths if p.exists())
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def built_site_is_current(build: Path = REPO / "build") -> tuple[bool, str]:
+    """Whether build/ holds slides and a book made from today's files, and why not."""
+    pages = [build / "slides" / "index.html", build / "book" / "index.html"]
+    pages += [build / "slides" / f"{nb.stem}.slides.html" for nb in NOTEBOOKS]
+    pages += [build / "book" / "notebooks" / f"{nb.stem}.html" for nb in NOTEBOOKS]
+    missing = [p for p in pages if not p.is_file()]
+    if missing:
+        return False, f"{_shown(missing[0])} is missing"
+    oldest = min((p.stat().st_mtime, p) for p in pages)
+    newest = _newest_input()
+    if newest[0] > oldest[0]:
+        return False, f"{_shown(newest[1])} is newer than {_shown(oldest[1])}"
+    return True, "every page is newer than everything it is built from"
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
-    """Every deck and the book, built by the tools the Makefile runs."""
+    """Every deck and the book: those of `make slides` and `make book` when current, else built here."""
     _find_browser()
+    current, why = built_site_is_current()
+    if current and os.environ.get("VAE_SITE_REBUILD") != "1":
+        print(f"using build/slides and build/book: {why}")
+        return REPO / "build"
+    print(f"building the slides and the book into a temporary folder: {why}")
     root = tmp_path_factory.mktemp("site")
     python = sys.executable
     subprocess.run(
@@ -236,6 +277,24 @@ def site(tmp_path_factory) -> Path:
         [python, "tools/build_book.py", *map(str, NOTEBOOKS), "--out", str(root / "book")], cwd=REPO, check=True
     )
     return root
+
+
+def test_built_site_counts_as_stale_when_an_input_is_newer(tmp_path):
+    """The freshness check the site fixture relies on: a missing page, then an older page, is stale."""
+    assert built_site_is_current(tmp_path)[0] is False
+    pages = [tmp_path / "slides" / "index.html", tmp_path / "book" / "index.html"]
+    pages += [tmp_path / "slides" / f"{nb.stem}.slides.html" for nb in NOTEBOOKS]
+    pages += [tmp_path / "book" / "notebooks" / f"{nb.stem}.html" for nb in NOTEBOOKS]
+    for page in pages:
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text("x")
+    newest = _newest_input()[0]
+    for page in pages:
+        os.utime(page, (newest + 10, newest + 10))
+    assert built_site_is_current(tmp_path) == (True, "every page is newer than everything it is built from")
+    os.utime(pages[0], (newest - 10, newest - 10))
+    current, why = built_site_is_current(tmp_path)
+    assert current is False and "is newer than" in why
 
 
 @pytest.fixture(scope="module")
