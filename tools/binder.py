@@ -231,7 +231,6 @@ class MemoryCgroup:
 
     def reset_peak(self) -> None:
         (self.path / "memory.max_usage_in_bytes").write_text("0")
-        (self.path / "memory.failcnt").write_text("0")
 
     def oom_kills(self) -> int:
         for line in (self.path / "memory.oom_control").read_text().splitlines():
@@ -312,7 +311,6 @@ def run_notebooks(base: Path, notebooks: list[str], pytest_args: list[str]) -> i
             row = {"notebook": nb, "passed": done.returncode == 0, "seconds": round(time.perf_counter() - t0, 1)}
             if cgroup:
                 row["peak_mib"] = round(cgroup.read("memory.max_usage_in_bytes") / 2**20)
-                row["limit_hits"] = cgroup.read("memory.failcnt")
                 row["oom_kills"] = cgroup.oom_kills() - kills
             rows.append(row)
             _say(json.dumps(row))
@@ -339,12 +337,12 @@ def _cpu_model() -> str:
 
 def report(rows: list[dict], limits: str) -> None:
     print(f"\nStrict nbval in Binder's environment on {_cpu_model()}; {limits}")
-    print("| notebook | result | seconds | peak memory (MiB, cgroup) | limit hits | OOM kills |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| notebook | result | seconds | peak memory (MiB, cgroup) | OOM kills |")
+    print("|---|---|---:|---:|---:|")
     for r in rows:
         print(
             f"| {Path(r['notebook']).name} | {'passed' if r['passed'] else 'FAILED'} | {r['seconds']} "
-            f"| {r.get('peak_mib', '-')} | {r.get('limit_hits', '-')} | {r.get('oom_kills', '-')} |"
+            f"| {r.get('peak_mib', '-')} | {r.get('oom_kills', '-')} |"
         )
     print(f"total: {sum(r['seconds'] for r in rows):.0f} s", flush=True)
 
