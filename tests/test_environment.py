@@ -104,15 +104,6 @@ def test_binder_files_install_the_package_and_name_the_offline_data():
         assert not (REPO / name).exists(), f"{name} at the top level is ignored by Binder once binder/ exists"
 
 
-def _index_reachable(tmp_path) -> bool:
-    out = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(tmp_path / "probe"), "tqdm==4.70.1"],
-        capture_output=True,
-        timeout=120,
-    )
-    return out.returncode == 0
-
-
 @pytest.fixture(scope="module")
 def binder_env(tmp_path_factory) -> Path:
     """Binder's lean environment: the one `make test` built (VAE_BINDER_DIR) if it is current, else a fresh one."""
@@ -120,7 +111,7 @@ def binder_env(tmp_path_factory) -> Path:
     if given and BINDER.is_current(Path(given).resolve()):
         return Path(given).resolve()
     tmp = tmp_path_factory.mktemp("binder")
-    if not _index_reachable(tmp):
+    if not BINDER.index_reachable():
         pytest.skip("the Python package index is not reachable from here: cannot build a fresh environment")
     base = tmp / "env"
     subprocess.run([sys.executable, str(REPO / "tools" / "binder.py"), "--dir", str(base), "build"], check=True)
@@ -137,7 +128,8 @@ def test_fresh_environment_built_like_binder_imports_vae_lib_and_reads_the_data_
         "from vae_lib.data import load_fashion_mnist as f;"
         "x, y = f('test'); print(x.shape, y[:3].tolist(), vae_lib.__file__);"
         f"print(json.dumps({{n: m.version(n) for n in {sorted(pins)!r}}}));"
-        "print(json.dumps(sorted(n for n in ('tensorflow', 'tensorflow_datasets', 'pytest', 'sphinx') if u.find_spec(n))))"
+        "heavy = ('tensorflow', 'tensorflow_datasets', 'pytest', 'sphinx');"
+        "print(json.dumps(sorted(n for n in heavy if u.find_spec(n))))"
     )
     net, why = BINDER.network_prefix()  # offline, where this machine can cut the network
     out = subprocess.run(
