@@ -42,7 +42,7 @@ test: setup data binder-env
 BINDER_DIR := build/binder
 .PHONY: binder-env
 binder-env: setup
-	$(BIN)/python tools/binder.py --dir $(BINDER_DIR) build
+	$(BIN)/python tools/binder.py --dir $(BINDER_DIR) build --if-online
 
 # Strict nbval over every notebook once more, as Binder runs them and with another machine's numerics: the kernel in
 # Binder's environment, on one core, everything under a 2 GiB memory cgroup, offline, XLA compiling for an older
