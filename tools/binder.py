@@ -364,7 +364,8 @@ def main() -> int:
     b.add_argument(
         "--if-online",
         action="store_true",
-        help="where the package index cannot be reached, say so and exit 0 without an environment (make test)",
+        help="where the build fails (offline, say), say so and exit 0 without an environment: make test runs on, "
+        "and its environment test builds again (failing with the reason, or skipping where the index is unreachable)",
     )
     n = sub.add_parser("nbval", help="strict nbval over the copy's notebooks, under Binder's limits")
     n.add_argument("notebooks", nargs="*", help="notebooks/NN_name.ipynb paths (default: every numbered notebook)")
@@ -375,13 +376,14 @@ def main() -> int:
     if args.command == "build":
         try:
             build(base, fresh=args.fresh)
-        except subprocess.CalledProcessError:
-            if not args.if_online or index_reachable():
+        except subprocess.CalledProcessError as exc:
+            if not args.if_online:
                 raise
             (base / "venv.json").unlink(missing_ok=True)
             _say(
-                "NOTE: the package index is not reachable, so there is no Binder environment: the environment "
-                "test skips, and make test-portable needs one (run it where pip can reach the index)"
+                f"NOTE: no Binder environment (`{' '.join(map(str, exc.cmd))}` failed; offline?): the environment "
+                "test builds one again and says why (or skips where the index is unreachable); make test-portable "
+                "needs one"
             )
         return 0
     if args.command == "limits":
