@@ -12,7 +12,7 @@ LAB_DIR ?= notebooks
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup data lab lint test test-portable unit nbval run pretrained pretrain lecture slides book bench footprint claims clean
+.PHONY: setup data lab lint test test-portable unit nbval run models lecture slides book bench footprint claims clean
 
 # The pinned environment and vae_lib (editable). Re-runs when the pins change.
 $(STAMP): pyproject.toml requirements.lock
@@ -23,9 +23,9 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP)
 
-# Fashion-MNIST (vae_lib/fetch.py): nothing if present, else Debian's package (apt, as root), else tfds.
+# Fashion-MNIST (vae_lib/cli/fetch_data.py): nothing if present, else Debian's package (apt, as root), else tfds.
 data: setup
-	$(BIN)/python -m vae_lib.fetch
+	$(BIN)/python -m vae_lib.cli.fetch_data
 
 # `make lab LAB_DIR=build/slides` opens the slide copies of `make slides` (jupyterlab-rise presents them).
 lab: setup data
@@ -69,20 +69,17 @@ nbval: setup data
 run: setup data
 	$(BIN)/python tools/run_notebook.py $(if $(TIMINGS),--timings,) $(NOTEBOOKS)
 
-# Train the two stored VAEs again (notebook 04's recipe; notebook 05 loads them), into notebooks/pretrained/.
-pretrained: setup data
-	$(BIN)/python -m vae_lib.pretrained --out notebooks/pretrained
-
-# Notebook 06's models: twelve small VAEs (14 min on busy cores) and one trained to convergence with early stopping, then
-# scored with L_5000 on the whole test set (about an hour on 2 cores). Resumes a cut-off run; NAMES=... for some only.
-pretrain: setup data
-	$(BIN)/python -m vae_lib.pretrain $(NAMES)
+# The stored models (vae_lib/store/zoo.py, files in vae_lib/store/models/): notebook 05's two VAEs (under a minute),
+# notebook 06's twelve small VAEs (about 14 min on 2 cores) and one trained to convergence with early stopping, then
+# scored with L_5000 on the whole test set (about an hour). Resumes a cut-off run; NAMES="vae_z2 sweep_z2" for some only.
+models: setup data
+	$(BIN)/python -m vae_lib.cli.train_models $(NAMES)
 
 # Two processes joined by jax.distributed over loopback train 20 steps together; one JSON line compares them
-# with one process on one device (vae_lib/distributed.py; notebook 07 runs the same command).
+# with one process on one device (vae_lib/cli/launch.py; notebook 07 runs the same command).
 .PHONY: distributed
 distributed: setup data
-	$(BIN)/python -m vae_lib.distributed --processes 2 --devices-per-process 2 --steps 20
+	$(BIN)/python -m vae_lib.cli.launch --processes 2 --devices-per-process 2 --steps 20
 
 # The lecture path: each notebook's cells tagged `lecture`, with their outputs, in build/lecture/.
 lecture: setup

@@ -97,11 +97,7 @@ def main() -> None:
                 stack.append((end, name))
     own.pop("ThunkExecutor::Execute (wait for completion)", None)  # a thread waiting, not working
 
-    order = jax.random.permutation(jax.random.key(0), len(images))
-    per_step = training._empty_metrics(state, images, BATCH, STEPS)
-    hlo = training._fused_steps.lower(
-        state, per_step, images, order, jax.random.key(0), 0, STEPS, batch_size=BATCH, prefetch=True, guard="rollback"
-    )
+    hlo = training.lower_epoch(state, images[: STEPS * BATCH], jax.random.key(0), BATCH)
     instr = instructions(hlo.compile().as_text())
     kinds, dots = collections.Counter(), collections.Counter()
     for name, ns in own.items():

@@ -1,4 +1,4 @@
-"""Tests of vae_lib.estimators: unbiasedness, exact variances, baselines, the VAE estimators.
+"""vae_lib.estimators: unbiasedness, exact variances, baselines, the VAE encoder's gradient estimates.
 
 Monte Carlo assertions use fixed seeds and a tolerance of 5 standard errors; each also
 checks that the standard error is small enough for the comparison to mean something.
@@ -14,9 +14,8 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 from vae_lib import estimators as est
-from vae_lib.losses import score_function_loss, vae_loss
+from vae_lib import losses
 from vae_lib.models import VAE
-from vae_lib.training import create_train_state, jit_train_step
 
 N = 100_000
 MEAN = jnp.array([0.5, -1.0, 2.0])
@@ -165,7 +164,7 @@ def test_baseline_near_the_mean_cost_lowers_the_variance():
         assert float(jnp.var(c)) < 0.6 * float(jnp.var(a))
 
 
-# ----- the VAE -----
+# ----- the VAE: rows of encoder gradients, one per draw -----
 
 
 def _tiny_vae():
@@ -176,8 +175,18 @@ def _tiny_batch():
     return jax.random.bernoulli(jax.random.key(2), 0.4, (3, 8)).astype(jnp.float32)
 
 
+def _grey(n=4):
+    return np.random.default_rng(0).uniform(0, 1, (n, 784)).astype(np.float32)
+
+
 VAE_SAMPLES = 20_000
-VAE_VARIANTS = [("pathwise", 0.0), ("score", 0.0), ("score", "batch"), ("score", "posterior_mean")]
+# (estimator, baseline) -> the loss whose encoder gradient is that estimator
+VAE_VARIANTS = {
+    ("pathwise", 0.0): losses.pathwise_loss,
+    ("score", 0.0): losses.score_function_loss,
+    ("score", "batch"): functools.partial(losses.score_function_loss, baseline="batch"),
+    ("score", "posterior_mean"): functools.partial(losses.score_function_loss, baseline="posterior_mean"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -185,8 +194,8 @@ def vae_rows():
     """Encoder-gradient rows of the tiny VAE for each estimator, computed once."""
     model, x = _tiny_vae(), _tiny_batch()
     return {
-        (e, b): est.vae_encoder_grads(model, x, jax.random.key(i), VAE_SAMPLES, e, b, chunk_size=None)
-        for i, (e, b) in enumerate(VAE_VARIANTS)
+        variant: est.vae_encoder_grads(model, x, jax.random.key(i), VAE_SAMPLES, loss_fn, chunk_size=None)
+        for i, (variant, loss_fn) in enumerate(VAE_VARIANTS.items())
     }
 
 
@@ -215,84 +224,13 @@ def test_vae_score_baselines_lower_the_encoder_gradient_variance(vae_rows):
     assert tv["batch"] < tv[0.0]
 
 
-@pytest.fixture(scope="module")
-def surrogate():
-    """Gradient and metrics of the score-function surrogate (posterior-mean baseline)."""
-    model, x, key = _tiny_vae(), _tiny_batch(), jax.random.key(9)
-    graphdef, params = nnx.split(model)
-    loss_fn = functools.partial(score_function_loss, baseline="posterior_mean")
-    grads, metrics = jax.jit(jax.grad(loss_fn, has_aux=True), static_argnums=1)(params, graphdef, x, key)
-    return model, x, key, grads, metrics
-
-
-def test_score_loss_gives_the_decoder_the_ordinary_gradient_and_reports_the_true_loss(surrogate):
-    # The baseline decodes the posterior mean: stop_gradient must keep it out of theta's gradient.
-    model, x, key, g_sf, m_sf = surrogate
-    graphdef, params = nnx.split(model)
-    g_pw, m_pw = jax.jit(jax.grad(vae_loss, has_aux=True), static_argnums=1)(params, graphdef, x, key)
-    for a, b in zip(jax.tree.leaves(g_sf["decoder"]), jax.tree.leaves(g_pw["decoder"]), strict=False):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    for name in ("loss", "log_px_given_z", "kl"):
-        np.testing.assert_allclose(m_sf[name], m_pw[name], rtol=1e-6)
-
-
-def test_score_loss_encoder_gradient_is_the_score_function_estimate(surrogate):
-    # Mean over examples of (log p(x|z) - b(x)) grad_phi log q(z|x) - grad_phi KL, written out,
-    # with b(x) = log p(x | z = encoder mean) held fixed.
-    from vae_lib.objectives import bernoulli_log_likelihood, gaussian_log_density, kl_to_standard_normal, reparameterize
-
-    model, x, key, grads, _ = surrogate
-    mean, logvar = model.encoder(x)
-    z = reparameterize(key, mean, logvar)
-    weight = bernoulli_log_likelihood(x, model.decoder(z)) - bernoulli_log_likelihood(x, model.decoder(mean))
-
-    def by_hand(enc):
-        m, lv = nnx.merge(nnx.graphdef(model.encoder), enc)(x)
-        return -jnp.mean(weight * gaussian_log_density(z, m, lv) - kl_to_standard_normal(m, lv))
-
-    want = jax.jit(jax.grad(by_hand))(nnx.state(model.encoder))
-    for a, b in zip(jax.tree.leaves(grads["encoder"]), jax.tree.leaves(want), strict=False):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-
-
-def test_score_loss_trains_with_the_library_train_step():
-    model = _tiny_vae()
-    state = create_train_state(
-        model, learning_rate=1e-2, loss_fn=functools.partial(score_function_loss, baseline="batch")
-    )
-    images = jax.random.uniform(jax.random.key(0), (16, 8))
-    before = ravel_pytree(state.params["encoder"])[0]
-    for i in range(3):
-        state, metrics = jit_train_step(state, images, jax.random.key(i))
-        assert np.isfinite(float(metrics["loss"]))
-    assert int(state.step) == 3
-    assert float(jnp.max(jnp.abs(ravel_pytree(state.params["encoder"])[0] - before))) > 0
-
-
-def test_batch_baseline_needs_two_examples():
-    model = _tiny_vae()
-    graphdef, params = nnx.split(model)
-    with pytest.raises(ValueError, match="at least 2"):
-        score_function_loss(params, graphdef, _tiny_batch()[:1], jax.random.key(0), "batch")
-
-
-def test_pathwise_estimator_takes_no_baseline():
-    with pytest.raises(ValueError, match="baseline"):
-        est.vae_encoder_grads(_tiny_vae(), _tiny_batch(), jax.random.key(0), 2, "pathwise", 3.0)
-
-
 def test_streamed_moments_equal_the_moments_of_the_rows(vae_rows):
-    i = VAE_VARIANTS.index(("score", "posterior_mean"))  # the fixture's key for these rows
+    variant = ("score", "posterior_mean")
+    i = list(VAE_VARIANTS).index(variant)  # the fixture's key for these rows
     streamed = est.vae_encoder_grad_moments(
-        _tiny_vae(),
-        _tiny_batch(),
-        jax.random.key(i),
-        VAE_SAMPLES,
-        "score",
-        "posterior_mean",
-        chunk_size=VAE_SAMPLES // 4,
+        _tiny_vae(), _tiny_batch(), jax.random.key(i), VAE_SAMPLES, VAE_VARIANTS[variant], chunk_size=VAE_SAMPLES // 4
     )
-    direct = est.row_moments(vae_rows[("score", "posterior_mean")])
+    direct = est.row_moments(vae_rows[variant])
     assert streamed["num_samples"] == VAE_SAMPLES
     np.testing.assert_allclose(streamed["mean"], direct["mean"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(streamed["variance"], direct["variance"], rtol=1e-3, atol=1e-5)
@@ -317,7 +255,11 @@ def test_variance_and_se_of_normal_samples_matches_theory():
 # ----- K samples per image: pathwise average, sticking the landing, leave-one-out score -----
 
 K = 4
-K_VARIANTS = ["pathwise", "stl", "rloo"]
+K_VARIANTS = {
+    "pathwise": functools.partial(losses.pathwise_loss, num_samples=K),
+    "stl": functools.partial(losses.sticking_the_landing_loss, num_samples=K),
+    "rloo": functools.partial(losses.leave_one_out_score_loss, num_samples=K),
+}
 
 
 @pytest.fixture(scope="module")
@@ -325,22 +267,9 @@ def k_rows():
     """Encoder-gradient rows of the tiny VAE with K samples per image, one key per estimator."""
     model, x = _tiny_vae(), _tiny_batch()
     return {
-        e: est.vae_encoder_grads(
-            model, x, jax.random.key(100 + i), VAE_SAMPLES, e, chunk_size=None, samples_per_image=K
-        )
-        for i, e in enumerate(K_VARIANTS)
+        name: est.vae_encoder_grads(model, x, jax.random.key(100 + i), VAE_SAMPLES, loss_fn, chunk_size=None)
+        for i, (name, loss_fn) in enumerate(K_VARIANTS.items())
     }
-
-
-def test_pathwise_loss_with_one_sample_is_vae_loss():
-    model, x, key = _tiny_vae(), _tiny_batch(), jax.random.key(4)
-    graphdef, params = nnx.split(model)
-    g_ref, m_ref = jax.grad(vae_loss, has_aux=True)(params, graphdef, x, key)
-    g, m = jax.grad(est.pathwise_loss, has_aux=True)(params, graphdef, x, key)
-    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    for name in ("loss", "log_px_given_z", "kl"):
-        np.testing.assert_allclose(m[name], m_ref[name], rtol=1e-6)
 
 
 @pytest.mark.parametrize("estimator", ["stl", "rloo"])
@@ -368,101 +297,49 @@ def test_leave_one_out_baseline_lowers_the_score_function_variance(vae_rows, k_r
     assert rloo < 0.5 * plain / K
 
 
-def test_leave_one_out_loss_encoder_gradient_is_the_rloo_estimate():
-    # (1/K) sum_k (log p(x|z_k) - b_k) grad_phi log q(z_k|x) - grad_phi KL, mean over examples,
-    # written out with b_k the mean of log p(x|z_j) over the other samples j of the same image.
-    from vae_lib.objectives import bernoulli_log_likelihood, gaussian_log_density, kl_to_standard_normal, reparameterize
-
-    model, x, key = _tiny_vae(), _tiny_batch(), jax.random.key(6)
-    graphdef, params = nnx.split(model)
-    grads, _ = jax.grad(est.leave_one_out_score_loss, has_aux=True)(params, graphdef, x, key, K)
-    mean, logvar = model.encoder(x)
-    z = jnp.stack([reparameterize(k, mean, logvar) for k in jax.random.split(key, K)])
-    log_px = np.stack([np.asarray(bernoulli_log_likelihood(x, model.decoder(zk))) for zk in z])
-    weight = np.stack([log_px[k] - np.delete(log_px, k, axis=0).mean(0) for k in range(K)])
-
-    def by_hand(enc):
-        m, lv = nnx.merge(nnx.graphdef(model.encoder), enc)(x)
-        score_term = sum(weight[k] * gaussian_log_density(z[k], m, lv) for k in range(K)) / K
-        return -jnp.mean(score_term - kl_to_standard_normal(m, lv))
-
-    want = jax.grad(by_hand)(nnx.state(model.encoder))
-    for a, b in zip(jax.tree.leaves(grads["encoder"]), jax.tree.leaves(want), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+# ----- what the VAE estimators refuse -----
 
 
-@pytest.mark.parametrize("loss_fn", [est.leave_one_out_score_loss, est.sticking_the_landing_loss])
-def test_k_sample_surrogate_gives_the_decoder_the_pathwise_gradient_and_reports_the_true_loss(loss_fn):
-    model, x, key = _tiny_vae(), _tiny_batch(), jax.random.key(8)
-    graphdef, params = nnx.split(model)
-    g_pw, m_pw = jax.grad(est.pathwise_loss, has_aux=True)(params, graphdef, x, key, K)
-    g, m = jax.grad(loss_fn, has_aux=True)(params, graphdef, x, key, K)
-    for a, b in zip(jax.tree.leaves(g["decoder"]), jax.tree.leaves(g_pw["decoder"]), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    for name in ("loss", "log_px_given_z", "kl"):
-        np.testing.assert_allclose(m[name], m_pw[name], rtol=1e-6)
+def test_vae_encoder_grads_refuses_a_loss_that_is_not_a_function_and_names_one_to_pass():
+    with pytest.raises(TypeError, match=r"loss_fn must be a loss function such as losses\.pathwise_loss"):
+        est.vae_encoder_grads(_tiny_vae(), _tiny_batch(), jax.random.key(0), 2, "pathwise")
 
 
-def _exact_posterior_vae():
-    """A tiny VAE whose encoder is the exact posterior: the decoder ignores z (its last kernel
-    is zero), so p(z|x) = p(z) = N(0, I), and the encoder outputs mean 0 and logvar 0 for every
-    x (zero output layers)."""
-    model = _tiny_vae()
-    last = model.decoder.net.layers[-1]
-    last.kernel[...] = jnp.zeros_like(last.kernel[...])
-    for layer in (model.encoder.mean, model.encoder.logvar):
-        layer.kernel[...] = jnp.zeros_like(layer.kernel[...])
-        layer.bias[...] = jnp.zeros_like(layer.bias[...])
-    return model
+def test_gradient_estimators_reject_uint8_images():
+    model = VAE(hidden=16, latent=2, rngs=nnx.Rngs(0))
+    images = np.zeros((2, 784), np.uint8)
+    with pytest.raises(ValueError, match="data.to_float"):
+        est.vae_encoder_grads(model, images, jax.random.key(0), 4)
 
 
-def test_sticking_the_landing_gradient_vanishes_when_q_is_the_exact_posterior():
-    # log p(x, z) - log q(z|x) = log p(x) for every z, so STL's estimate is exactly zero for
-    # every draw; the full pathwise gradient of the single-sample ELBO is not: it keeps the
-    # score term -grad_phi log q(z|x), zero only on average.
-    from vae_lib.objectives import elbo_single_sample
-
-    model, x = _exact_posterior_vae(), _tiny_batch()
-    graphdef, params = nnx.split(model)
-
-    def single_sample_elbo_loss(p, key):
-        m = nnx.merge(graphdef, p)
-        logits, z, mean, logvar = m(x, key)
-        return -jnp.mean(elbo_single_sample(x, logits, z, mean, logvar))
-
-    full, stl = [], []
-    for i in range(4):
-        key = jax.random.key(20 + i)
-        full.append(ravel_pytree(jax.grad(single_sample_elbo_loss)(params, key)["encoder"])[0])
-        g, _ = jax.grad(est.sticking_the_landing_loss, has_aux=True)(params, graphdef, x, key)
-        stl.append(ravel_pytree(g["encoder"])[0])
-    assert float(jnp.max(jnp.abs(jnp.stack(stl)))) < 1e-6
-    assert float(jnp.min(jnp.linalg.norm(jnp.stack(full), axis=1))) > 0.1
+def test_gradient_estimators_reject_pixels_outside_the_unit_interval():
+    model = VAE(hidden=16, latent=2, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"floats in \[0, 1\]"):
+        est.vae_encoder_grad_moments(model, _grey(2) - 1, jax.random.key(0), 4, chunk_size=2)
 
 
-@pytest.mark.parametrize(
-    "loss_fn", [est.pathwise_loss, est.sticking_the_landing_loss, est.leave_one_out_score_loss], ids=K_VARIANTS
-)
-def test_k_sample_loss_trains_with_the_library_train_step(loss_fn):
-    model = _tiny_vae()
-    state = create_train_state(model, learning_rate=1e-2, loss_fn=functools.partial(loss_fn, num_samples=K))
-    images = jax.random.uniform(jax.random.key(0), (16, 8))
-    before = ravel_pytree(state.params["encoder"])[0]
-    for i in range(3):
-        state, metrics = jit_train_step(state, images, jax.random.key(i))
-        assert np.isfinite(float(metrics["loss"]))
-    assert float(jnp.max(jnp.abs(ravel_pytree(state.params["encoder"])[0] - before))) > 0
+def test_streamed_moments_need_a_whole_number_of_chunks():
+    with pytest.raises(ValueError, match="multiple of chunk_size"):
+        est.vae_encoder_grad_moments(_tiny_vae(), _tiny_batch(), jax.random.key(0), 10, chunk_size=4)
 
 
-def test_leave_one_out_needs_two_samples_per_image():
-    model = _tiny_vae()
-    graphdef, params = nnx.split(model)
-    with pytest.raises(ValueError, match=">= 2"):
-        est.leave_one_out_score_loss(params, graphdef, _tiny_batch(), jax.random.key(0), 1)
-    with pytest.raises(ValueError, match="samples_per_image >= 2"):
-        est.vae_encoder_grads(model, _tiny_batch(), jax.random.key(0), 2, "rloo")
+# ----- the reparameterization trick: the encoder's gradient through the sample
 
 
-def test_single_sample_score_estimator_rejects_several_samples_per_image():
-    with pytest.raises(ValueError, match="one sample of z per image"):
-        est.vae_encoder_grads(_tiny_vae(), _tiny_batch(), jax.random.key(0), 2, "score", samples_per_image=4)
+def test_without_reparameterisation_the_encoder_gets_no_gradient_from_the_sample():
+    model = VAE(in_features=12, hidden=8, latent=3, rngs=nnx.Rngs(0))
+    x = jax.random.bernoulli(jax.random.key(0), 0.4, (4, 12)).astype(jnp.float32)
+    plain = est.reconstruction_grads(model, x, jax.random.key(1), False)
+    trick = est.reconstruction_grads(model, x, jax.random.key(1), True)
+    assert all(bool(jnp.all(g == 0)) for g in jax.tree.leaves(plain["encoder"]))
+    assert any(bool(jnp.any(g != 0)) for g in jax.tree.leaves(trick["encoder"]))
+
+
+def test_the_decoder_gets_the_same_gradient_with_or_without_the_trick():
+    model = VAE(in_features=12, hidden=8, latent=3, rngs=nnx.Rngs(0))
+    x = jax.random.bernoulli(jax.random.key(0), 0.4, (4, 12)).astype(jnp.float32)
+    plain = est.reconstruction_grads(model, x, jax.random.key(1), False)
+    trick = est.reconstruction_grads(model, x, jax.random.key(1), True)
+    for a, b in zip(jax.tree.leaves(plain["decoder"]), jax.tree.leaves(trick["decoder"]), strict=False):
+        np.testing.assert_array_equal(a, b)
+    assert any(bool(jnp.any(g != 0)) for g in jax.tree.leaves(plain["decoder"]))

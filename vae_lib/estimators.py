@@ -23,15 +23,11 @@ Functions here, one idea each:
   exact variances for the setup of Mohamed, Rosca, Figurnov & Mnih (JMLR 2020, Fig. 2),
   x ~ N(mu, sigma^2) and f(x) = (x - k)^2, extended to x in R^D with f = sum_d (x_d - k)^2.
   The derivation is in notebook 03.
-* :func:`pathwise_loss`, :func:`sticking_the_landing_loss`, :func:`leave_one_out_score_loss`:
-  training losses of a VAE (the signature of :func:`vae_lib.losses.vae_loss`) whose encoder
-  gradient is, with K samples of z per image, the pathwise estimate averaged over K, the
-  "sticking the landing" pathwise estimate (Roeder et al. 2017) and the score-function
-  estimate with a leave-one-out baseline (RLOO; Kool et al. 2019). Same K, same number of
-  decoder passes: the three compare at matched compute.
 * :func:`vae_encoder_grads`: estimates of the ELBO's gradient with respect to the encoder's
-  parameters (the gradients of the losses above, of :func:`vae_lib.losses.vae_loss` and of
-  :func:`vae_lib.losses.score_function_loss`), one flattened vector per row;
+  parameters, one flattened vector per row: the gradient of any loss of
+  :mod:`vae_lib.losses` (``pathwise_loss``, ``score_function_loss``,
+  ``sticking_the_landing_loss``, ``leave_one_out_score_loss``: each estimator is a loss whose
+  gradient it is);
   :func:`vae_encoder_grad_moments`: their per-parameter mean and variance, streamed (for
   many samples of a big encoder); :func:`row_moments` and :func:`gradient_summary`: total
   variance and signal-to-noise ratio.
@@ -52,44 +48,27 @@ from jax.flatten_util import ravel_pytree
 from jax.typing import ArrayLike
 
 from vae_lib.data import check_images
-from vae_lib.losses import (
-    VAE_BASELINES,
-    Metrics,
-    score_function_loss,
-    vae_metrics,  # the metrics every VAE loss reports
-)
+from vae_lib.losses import pathwise_loss
 from vae_lib.objectives import (
     bernoulli_log_likelihood,
-    gaussian_log_density,
     gaussian_log_density_std,
-    kl_to_standard_normal,
     reparameterize,
-    standard_normal_log_density,
 )
 
 __all__ = [
-    "ESTIMATORS",
     "gaussian_quadratic_expectation",
     "gaussian_quadratic_gradients",
     "gaussian_quadratic_optimal_baselines",
     "gaussian_quadratic_variances",
     "gradient_summary",
-    "leave_one_out_score_loss",
-    "pathwise_loss",
     "pathwise_samples",
     "reconstruction_grads",
     "row_moments",
     "score_function_samples",
-    "sticking_the_landing_loss",
     "vae_encoder_grad_moments",
     "vae_encoder_grads",
     "variance_and_se",
 ]
-
-ESTIMATORS = ("pathwise", "score", "stl", "rloo")
-"""Names of the VAE encoder-gradient estimators of :func:`vae_encoder_grads`: ``"pathwise"``
-(:func:`pathwise_loss`), ``"score"`` (:func:`vae_lib.losses.score_function_loss`), ``"stl"``
-(:func:`sticking_the_landing_loss`) and ``"rloo"`` (:func:`leave_one_out_score_loss`)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -276,162 +255,8 @@ def gaussian_quadratic_optimal_baselines(
 # --------------------------------------------------------------------------------------
 
 
-def _check_num_samples(num_samples: int, least: int = 1) -> int:
-    if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < least:
-        raise ValueError(f"num_samples (K) must be an integer >= {least}; got {num_samples!r}.")
-    return int(num_samples)
-
-
-def _k_samples(model: nnx.Module, x: jax.Array, key: jax.Array, num_samples: int, reparameterized: bool):
-    """One encoder pass, then K draws of z per image and their decoder log-likelihoods.
-
-    Returns ``(mean, logvar, z, log_px)``: mean and logvar (B, L), z (K, B, L), log_px (K, B)
-    = log p(x|z_k), from one decoder pass over all K * B draws. With ``reparameterized`` z is
-    differentiable in mean and logvar (the path); without it z is held fixed
-    (``stop_gradient``) before it is decoded. Draw k uses ``jax.random.split(key, K)[k]``;
-    with K = 1 the draw is ``key``'s, the one :func:`vae_lib.losses.vae_loss` makes.
-    """
-    mean, logvar = model.encoder(x)
-    keys = key[None] if num_samples == 1 else jax.random.split(key, num_samples)
-    z = jax.vmap(lambda k: reparameterize(k, mean, logvar))(keys)
-    if not reparameterized:
-        z = jax.lax.stop_gradient(z)  # the samples as plain numbers: no path back to phi
-    x_k = jnp.broadcast_to(x, (num_samples, *x.shape))
-    log_px = bernoulli_log_likelihood(x_k, model.decoder(z.reshape(-1, z.shape[-1])).reshape(x_k.shape))
-    return mean, logvar, z, log_px
-
-
-def pathwise_loss(
-    params: nnx.State, graphdef: nnx.GraphDef, x: ArrayLike, key: jax.Array, num_samples: int = 1
-) -> tuple[jax.Array, Metrics]:
-    """Negative ELBO with K reparameterized samples of z per image: the pathwise gradient averaged over K.
-
-    The per-example loss is -[(1/K) sum_k log p(x|z_k) - KL(q(z|x) || p(z))] with
-    z_k = mean + std * eps_k and the KL in closed form. Its gradient in the encoder's
-    parameters is the mean of K independent pathwise estimates, so its variance is that of
-    one estimate divided by K; it costs one encoder pass and K decoder passes per image.
-    With ``num_samples=1`` it is :func:`vae_lib.losses.vae_loss` (the same draw for the same
-    key).
-
-    Args:
-        params, graphdef: ``nnx.split`` of a :class:`vae_lib.models.VAE`.
-        x: images (B, D), floats in [0, 1].
-        key: draws the K * B noise vectors.
-        num_samples: K, the samples of z per image (a Python int: bind it with
-            ``functools.partial`` to make a ``loss_fn``).
-
-    Returns:
-        ``(loss, metrics)``; metrics ``loss`` (the same number), ``log_px_given_z`` (mean over
-        the K samples and the batch) and ``kl``.
-
-    References:
-        Kingma & Welling, "Auto-Encoding Variational Bayes" (ICLR 2014), eq. 7;
-        Mohamed, Rosca, Figurnov & Mnih (JMLR 2020), sec. 5.
-    """
-    num_samples = _check_num_samples(num_samples)
-    model = nnx.merge(graphdef, params)
-    mean, logvar, _, log_px = _k_samples(model, x, key, num_samples, reparameterized=True)
-    metrics = vae_metrics(jnp.mean(log_px, axis=0), kl_to_standard_normal(mean, logvar))
-    return metrics["loss"], metrics
-
-
-def sticking_the_landing_loss(
-    params: nnx.State, graphdef: nnx.GraphDef, x: ArrayLike, key: jax.Array, num_samples: int = 1
-) -> tuple[jax.Array, Metrics]:
-    """Surrogate loss whose encoder gradient is the "sticking the landing" (STL) pathwise estimate.
-
-    The single-sample ELBO log p(x|z) + log p(z) - log q_phi(z|x), with z = g_phi(eps)
-    reparameterized, depends on phi twice: through z (the path) and through the parameters
-    of the density q_phi in log q_phi(z|x). Its pathwise gradient is the sum of both. The
-    second part is -grad_phi log q_phi(z|x) at fixed z, the score, whose mean is zero
-    (E_q[grad_phi log q_phi] = 0): dropping it leaves the mean alone. STL drops it by
-    stopping the gradient through the parameters of q (not through z):
-
-        log p_theta(x|z) + log p(z) - log q_{stop_gradient(phi)}(z|x),   z = g_phi(eps).
-
-    When q is the exact posterior, log p(x, z) - log q(z|x) = log p(x) for every z, so the
-    remaining path term is zero and the estimate has zero variance; the ordinary pathwise
-    estimate keeps the score term's variance even then. Away from that point the variance
-    may be lower or higher than the closed-form-KL pathwise estimate's (Roeder et al.).
-    The decoder's gradient is the ordinary one. K samples per image are averaged.
-
-    Args:
-        params, graphdef, x, key, num_samples: as for :func:`pathwise_loss`.
-
-    Returns:
-        ``(surrogate, metrics)``. The surrogate's value is minus the single-sample ELBO
-        estimate (averaged over the K samples and the batch), itself an unbiased estimate of
-        -ELBO; ``metrics`` are those of :func:`pathwise_loss` at the same z (the
-        closed-form KL), so ``metrics["loss"]`` is the true negative ELBO estimate the other
-        losses report.
-
-    References:
-        Roeder, Wu & Duvenaud, "Sticking the Landing: Simple, Lower-Variance Gradient
-        Estimators for Variational Inference" (NeurIPS 2017).
-    """
-    num_samples = _check_num_samples(num_samples)
-    model = nnx.merge(graphdef, params)
-    mean, logvar, z, log_px = _k_samples(model, x, key, num_samples, reparameterized=True)
-    log_q = gaussian_log_density(z, jax.lax.stop_gradient(mean), jax.lax.stop_gradient(logvar))
-    elbo = log_px + standard_normal_log_density(z) - log_q  # (K, B)
-    metrics = vae_metrics(jnp.mean(log_px, axis=0), kl_to_standard_normal(mean, logvar))
-    return -jnp.mean(elbo), metrics
-
-
-def leave_one_out_score_loss(
-    params: nnx.State, graphdef: nnx.GraphDef, x: ArrayLike, key: jax.Array, num_samples: int = 4
-) -> tuple[jax.Array, Metrics]:
-    """Surrogate loss whose encoder gradient is the score-function estimate with a leave-one-out baseline.
-
-    K samples z_1..z_K ~ q_phi(z|x) per image, drawn and then held fixed (no path from phi
-    to z). Sample k's baseline is the mean of log p(x|z_j) over the *other* samples j != k
-    of the same image, b_k = (sum_j log p(x|z_j) - log p(x|z_k)) / (K - 1): it does not
-    depend on z_k, so the estimate stays unbiased, and it tracks the level of log p(x|z)
-    for this image at no extra decoder pass. The per-example surrogate is
-
-        (1/K) sum_k [log p_theta(x|z_k) + stop_gradient(log p(x|z_k) - b_k) log q_phi(z_k|x)] - KL,
-
-    whose gradient for theta is the K-sample average of grad_theta log p_theta(x|z_k) and for
-    phi is (1/K) sum_k (log p(x|z_k) - b_k) grad_phi log q_phi(z_k|x) - grad_phi KL, the KL
-    in closed form (as in :func:`vae_lib.losses.score_function_loss`). It costs one encoder
-    pass and K decoder passes per image, like :func:`pathwise_loss` with the same K.
-
-    Args:
-        params, graphdef, x, key: as for :func:`pathwise_loss`.
-        num_samples: K >= 2 (with one sample there is no other to leave out).
-
-    Returns:
-        ``(surrogate, metrics)``; the surrogate's value means nothing, only its gradient does;
-        ``metrics`` are those of :func:`pathwise_loss` at the same z, so ``metrics["loss"]``
-        is the true negative ELBO estimate.
-
-    References:
-        Kool, van Hoof & Welling, "Buy 4 REINFORCE Samples, Get a Baseline for Free!"
-        (ICLR 2019 workshop); Mnih & Rezende, "Variational Inference for Monte Carlo
-        Objectives" (VIMCO, ICML 2016), the same leave-one-out idea for the multi-sample
-        bound; Williams (1992), REINFORCE.
-    """
-    num_samples = _check_num_samples(num_samples, least=2)
-    model = nnx.merge(graphdef, params)
-    mean, logvar, z, log_px = _k_samples(model, x, key, num_samples, reparameterized=False)
-    baseline = (jnp.sum(log_px, axis=0) - log_px) / (num_samples - 1)  # (K, B), free of z_k
-    log_q = gaussian_log_density(z, mean, logvar)  # (K, B): the path to phi is the score
-    kl = kl_to_standard_normal(mean, logvar)
-    surrogate = jnp.mean(log_px + jax.lax.stop_gradient(log_px - baseline) * log_q, axis=0) - kl
-    return -jnp.mean(surrogate), vae_metrics(jnp.mean(log_px, axis=0), kl)
-
-
-def _loss_function(estimator: str, baseline, samples_per_image: int) -> Callable:
-    """The loss whose encoder gradient is the named estimator (:data:`ESTIMATORS`)."""
-    if estimator == "score":
-        return functools.partial(score_function_loss, baseline=baseline)
-    loss = {"pathwise": pathwise_loss, "stl": sticking_the_landing_loss, "rloo": leave_one_out_score_loss}
-    return functools.partial(loss[estimator], num_samples=samples_per_image)
-
-
-def _row_function(params, graphdef, x, estimator, baseline, samples_per_image):
-    """key -> one flattened estimate of grad_phi of the batch-mean ELBO."""
-    loss_fn = _loss_function(estimator, baseline, samples_per_image)
+def _row_function(params, graphdef, x, loss_fn):
+    """key -> one flattened estimate of grad_phi of the batch-mean ELBO: minus the loss's gradient."""
 
     def row(k):
         grads, _ = jax.grad(loss_fn, has_aux=True)(params, graphdef, x, k)
@@ -440,18 +265,18 @@ def _row_function(params, graphdef, x, estimator, baseline, samples_per_image):
     return row
 
 
-_STATIC = ("graphdef", "num_samples", "estimator", "baseline", "chunk_size", "samples_per_image")
+_STATIC = ("graphdef", "num_samples", "loss_fn", "chunk_size")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _encoder_grad_rows(params, x, key, *, graphdef, num_samples, estimator, baseline, chunk_size, samples_per_image):
-    row = _row_function(params, graphdef, x, estimator, baseline, samples_per_image)
+def _encoder_grad_rows(params, x, key, *, graphdef, num_samples, loss_fn, chunk_size):
+    row = _row_function(params, graphdef, x, loss_fn)
     return jax.lax.map(row, jax.random.split(key, num_samples), batch_size=chunk_size)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _encoder_grad_moments(params, x, key, *, graphdef, num_samples, estimator, baseline, chunk_size, samples_per_image):
-    row = _row_function(params, graphdef, x, estimator, baseline, samples_per_image)
+def _encoder_grad_moments(params, x, key, *, graphdef, num_samples, loss_fn, chunk_size):
+    row = _row_function(params, graphdef, x, loss_fn)
     keys = jax.random.split(key, num_samples).reshape(num_samples // chunk_size, chunk_size)
     zeros = jnp.zeros_like(ravel_pytree(params["encoder"])[0])
 
@@ -470,32 +295,13 @@ def _encoder_grad_moments(params, x, key, *, graphdef, num_samples, estimator, b
     return mean, m2 / (num_samples - 1)
 
 
-def _vae_args(
-    model: nnx.Module, x: ArrayLike, num_samples: int, estimator: str, baseline, chunk_size, samples_per_image
-) -> dict:
+def _vae_args(model: nnx.Module, x: ArrayLike, num_samples: int, loss_fn: Callable, chunk_size) -> dict:
     """Check the arguments of the two functions below; return the keyword arguments of the
     compiled functions (everything but params, x and key)."""
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}.")
-    if isinstance(samples_per_image, bool) or int(samples_per_image) != samples_per_image or samples_per_image < 1:
-        raise ValueError(f"samples_per_image must be an integer >= 1; got {samples_per_image!r}.")
-    samples_per_image = int(samples_per_image)
-    if estimator == "score" and samples_per_image != 1:
-        raise ValueError(
-            "estimator='score' takes one sample of z per image (with its baseline); for K samples "
-            "per image use estimator='rloo', whose baseline comes from the other samples."
-        )
-    if estimator == "rloo" and samples_per_image < 2:
-        raise ValueError("estimator='rloo' needs samples_per_image >= 2: one to score, the others for its baseline.")
-    if isinstance(baseline, str):
-        if baseline not in VAE_BASELINES:
-            raise ValueError(f"baseline must be a number or one of {VAE_BASELINES}; got {baseline!r}.")
-    else:
-        baseline = float(baseline)
-    if estimator != "score" and baseline != 0.0:
-        raise ValueError(
-            f"A baseline argument only applies to estimator='score'; {estimator!r} takes none "
-            f"(the pathwise estimators need none, 'rloo' makes its own)."
+    if not callable(loss_fn):
+        raise TypeError(
+            f"loss_fn must be a loss function such as losses.pathwise_loss or "
+            f"functools.partial(losses.score_function_loss, baseline='batch'); got {loss_fn!r}."
         )
     if np.ndim(x) != 2:
         raise ValueError(f"x must be a batch of shape (B, D); got {np.shape(x)}. For one example pass x[i:i + 1].")
@@ -508,14 +314,7 @@ def _vae_args(
     if chunk_size is not None:
         chunk_size = min(int(chunk_size), num_samples)
     graphdef = nnx.graphdef(model)
-    return dict(
-        graphdef=graphdef,
-        num_samples=num_samples,
-        estimator=estimator,
-        baseline=baseline,
-        chunk_size=chunk_size,
-        samples_per_image=samples_per_image,
-    )
+    return dict(graphdef=graphdef, num_samples=num_samples, loss_fn=loss_fn, chunk_size=chunk_size)
 
 
 def vae_encoder_grads(
@@ -523,10 +322,8 @@ def vae_encoder_grads(
     x: ArrayLike,
     key: jax.Array,
     num_samples: int,
-    estimator: str = "pathwise",
-    baseline: float | str = 0.0,
+    loss_fn: Callable = pathwise_loss,
     chunk_size: int | None = 32,
-    samples_per_image: int = 1,
 ) -> jax.Array:
     """Independent estimates of grad_phi ELBO for a VAE's encoder, one flattened vector per row.
 
@@ -540,17 +337,15 @@ def vae_encoder_grads(
         model: a :class:`vae_lib.models.VAE` (not modified).
         x: float images (B, D) in [0, 1].
         num_samples: the number of rows (independent estimates).
-        estimator: one of :data:`ESTIMATORS`: ``"pathwise"`` (reparameterization: the
-            gradient of :func:`pathwise_loss`, which with one sample per image is
-            :func:`vae_lib.losses.vae_loss`), ``"score"`` (the gradient of
-            :func:`vae_lib.losses.score_function_loss`), ``"stl"``
-            (:func:`sticking_the_landing_loss`) or ``"rloo"`` (:func:`leave_one_out_score_loss`).
-        baseline: for ``"score"`` only: a number, ``"batch"`` or ``"posterior_mean"`` (see
-            :func:`vae_lib.losses.score_function_loss`).
+        loss_fn: the loss whose encoder gradient is the estimator, with the signature of
+            :func:`vae_lib.losses.vae_loss`: :func:`vae_lib.losses.pathwise_loss` (the
+            reparameterized gradient; with one sample per image it is ``vae_loss``),
+            ``functools.partial(losses.score_function_loss, baseline=...)``,
+            :func:`vae_lib.losses.sticking_the_landing_loss` or
+            ``functools.partial(losses.leave_one_out_score_loss, num_samples=K)``. It is a
+            static argument of the compiled function: pass the same object again to reuse it.
         chunk_size: rows computed together (``jax.lax.map``'s batch_size); smaller uses less
             memory.
-        samples_per_image: K, the samples of z per image in each estimate (1 for
-            ``"score"``, at least 2 for ``"rloo"``): K decoder passes per image per row.
 
     Returns:
         float32 array (num_samples, P), P the number of encoder parameters, in the order of
@@ -558,7 +353,7 @@ def vae_encoder_grads(
         num_samples * P floats (330,040 parameters for the 784-400-20 VAE); for many samples
         of a big encoder use :func:`vae_encoder_grad_moments`, which keeps only two vectors.
     """
-    kwargs = _vae_args(model, x, num_samples, estimator, baseline, chunk_size, samples_per_image)
+    kwargs = _vae_args(model, x, num_samples, loss_fn, chunk_size)
     return _encoder_grad_rows(nnx.state(model), jnp.asarray(x, jnp.float32), key, **kwargs)
 
 
@@ -567,10 +362,8 @@ def vae_encoder_grad_moments(
     x: ArrayLike,
     key: jax.Array,
     num_samples: int,
-    estimator: str = "pathwise",
-    baseline: float | str = 0.0,
+    loss_fn: Callable = pathwise_loss,
     chunk_size: int = 16,
-    samples_per_image: int = 1,
 ) -> dict:
     """Per-parameter mean and variance of the rows of :func:`vae_encoder_grads`, streamed.
 
@@ -583,7 +376,7 @@ def vae_encoder_grad_moments(
         estimate, a row, ddof=1) and ``num_samples``; :func:`gradient_summary`
         reduces it.
     """
-    kwargs = _vae_args(model, x, num_samples, estimator, baseline, chunk_size, samples_per_image)
+    kwargs = _vae_args(model, x, num_samples, loss_fn, chunk_size)
     if kwargs["num_samples"] % kwargs["chunk_size"]:
         raise ValueError(f"num_samples ({num_samples}) must be a multiple of chunk_size ({kwargs['chunk_size']}).")
     mean, variance = _encoder_grad_moments(nnx.state(model), jnp.asarray(x, jnp.float32), key, **kwargs)

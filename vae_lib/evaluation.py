@@ -1,7 +1,7 @@
 """Evaluating a trained model: the test negative ELBO (or any loss's metrics) in nats per image.
 
 The importance-weighted bound, a tighter estimate of log p(x), is
-:func:`vae_lib.objectives.importance_weighted_bound`; :func:`log_likelihood` computes it with
+:func:`vae_lib.objectives.importance_weighted_bound`; :func:`log_likelihood_bound` computes it with
 thousands of samples per image over a whole test set, in chunks (notebook 06).
 """
 
@@ -19,9 +19,9 @@ from jax.typing import ArrayLike
 
 from vae_lib.data import binarize, check_images, prepare_batch, to_float
 from vae_lib.losses import vae_loss
-from vae_lib.objectives import bernoulli_log_likelihood, gaussian_log_density, standard_normal_log_density
+from vae_lib.objectives import elbo_single_sample
 
-__all__ = ["binarize_once", "eval_step", "evaluate", "log_likelihood"]
+__all__ = ["binarize_once", "eval_step", "evaluate", "log_likelihood_bound"]
 
 
 @functools.partial(jax.jit, static_argnums=(1, 4))
@@ -89,11 +89,8 @@ def _iw_batch(params, graphdef, x, index, key, k: int, chunk: int):
         eps = jax.vmap(lambda kn: jax.random.normal(jax.random.fold_in(kn, c), (chunk, latent)))(image_keys)
         z = mean[:, None, :] + std[:, None, :] * eps  # (B, chunk, latent)
         logits = model.decoder(z.reshape(b * chunk, latent)).reshape(b, chunk, -1)
-        log_w = (
-            bernoulli_log_likelihood(jnp.broadcast_to(x[:, None, :], logits.shape), logits)
-            + standard_normal_log_density(z)
-            - gaussian_log_density(z, mean[:, None, :], logvar[:, None, :])
-        )  # (B, chunk)
+        x_b = jnp.broadcast_to(x[:, None, :], logits.shape)
+        log_w = elbo_single_sample(x_b, logits, z, mean[:, None, :], logvar[:, None, :])  # (B, chunk)
         new_max = jnp.maximum(run_max, jnp.max(log_w, axis=1))
         run_sum = run_sum * jnp.exp(run_max - new_max) + jnp.sum(jnp.exp(log_w - new_max[:, None]), axis=1)
         return (new_max, run_sum, total + jnp.sum(log_w, axis=1)), None
@@ -103,7 +100,7 @@ def _iw_batch(params, graphdef, x, index, key, k: int, chunk: int):
     return run_max + jnp.log(run_sum) - math.log(k), total / k
 
 
-def log_likelihood(
+def log_likelihood_bound(
     model: nnx.Module,
     x: ArrayLike,
     key: jax.Array,
@@ -142,8 +139,8 @@ def log_likelihood(
         raise ValueError(f"k = {k} must be a positive multiple of chunk = {chunk} (e.g. chunk = {math.gcd(k, 250)}).")
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2:
-        raise ValueError(f"log_likelihood expects flattened images (N, D); got shape {x.shape}.")
-    check_images(x, "log_likelihood")
+        raise ValueError(f"log_likelihood_bound expects flattened images (N, D); got shape {x.shape}.")
+    check_images(x, "log_likelihood_bound")
     graphdef, params = nnx.split(model)
     log_px, elbo = [], []
     for start in range(0, len(x), batch_size):

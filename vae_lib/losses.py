@@ -14,7 +14,12 @@ dict of scalars whose ``"loss"`` entry is the true loss (for a surrogate, not th
 * :func:`score_function_loss`: a surrogate whose gradient is the score-function estimate
   for the encoder (notebook 03);
 * :func:`beta_vae_loss`: the reconstruction term plus beta times the KL, optionally with
-  free bits (notebook 06); ``functools.partial(beta_vae_loss, beta=4.0)`` is a ``loss_fn``.
+  free bits (notebook 06); ``functools.partial(beta_vae_loss, beta=4.0)`` is a ``loss_fn``;
+* :func:`pathwise_loss`, :func:`sticking_the_landing_loss`, :func:`leave_one_out_score_loss`:
+  with K samples of z per image, the pathwise estimate averaged over K, the "sticking the
+  landing" pathwise estimate (Roeder et al. 2017) and the score-function estimate with a
+  leave-one-out baseline (RLOO; Kool et al. 2019), at matched compute (notebook 03). Bind K
+  with ``functools.partial(pathwise_loss, num_samples=4)``.
 
 Any of them trains with :func:`vae_lib.training.fit` (``loss_fn=...``).
 """
@@ -33,11 +38,22 @@ from vae_lib.objectives import (
     gaussian_log_density,
     kl_per_dimension,
     kl_to_standard_normal,
+    log_importance_weight,
     reparameterize,
     vae_elbo,
 )
 
-__all__ = ["VAE_BASELINES", "autoencoder_loss", "beta_vae_loss", "score_function_loss", "vae_loss", "vae_metrics"]
+__all__ = [
+    "VAE_BASELINES",
+    "autoencoder_loss",
+    "beta_vae_loss",
+    "leave_one_out_score_loss",
+    "pathwise_loss",
+    "score_function_loss",
+    "sticking_the_landing_loss",
+    "vae_loss",
+    "vae_metrics",
+]
 
 VAE_BASELINES = ("batch", "posterior_mean")
 
@@ -173,3 +189,149 @@ def score_function_loss(
     log_q = gaussian_log_density(z, mean, logvar)
     surrogate = log_px + jax.lax.stop_gradient(log_px - b) * log_q - kl
     return -jnp.mean(surrogate), vae_metrics(log_px, kl)
+
+
+# ------------------------------------------------------------------ K samples per image (notebook 03)
+def _check_num_samples(num_samples: int, least: int = 1) -> int:
+    if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < least:
+        raise ValueError(f"num_samples (K) must be an integer >= {least}; got {num_samples!r}.")
+    return int(num_samples)
+
+
+def _k_samples(model: nnx.Module, x: jax.Array, key: jax.Array, num_samples: int, reparameterized: bool):
+    """One encoder pass, then K draws of z per image and their decoder log-likelihoods.
+
+    Returns ``(mean, logvar, z, log_px)``: mean and logvar (B, L), z (K, B, L), log_px (K, B)
+    = log p(x|z_k), from one decoder pass over all K * B draws. With ``reparameterized`` z is
+    differentiable in mean and logvar (the path); without it z is held fixed
+    (``stop_gradient``) before it is decoded. Draw k uses ``jax.random.split(key, K)[k]``;
+    with K = 1 the draw is ``key``'s, the one :func:`vae_loss` makes.
+    """
+    mean, logvar = model.encoder(x)
+    keys = key[None] if num_samples == 1 else jax.random.split(key, num_samples)
+    z = jax.vmap(lambda k: reparameterize(k, mean, logvar))(keys)
+    if not reparameterized:
+        z = jax.lax.stop_gradient(z)  # the samples as plain numbers: no path back to phi
+    x_k = jnp.broadcast_to(x, (num_samples, *x.shape))
+    log_px = bernoulli_log_likelihood(x_k, model.decoder(z.reshape(-1, z.shape[-1])).reshape(x_k.shape))
+    return mean, logvar, z, log_px
+
+
+def pathwise_loss(
+    params: nnx.State, graphdef: nnx.GraphDef, x: ArrayLike, key: jax.Array, num_samples: int = 1
+) -> tuple[jax.Array, Metrics]:
+    """Negative ELBO with K reparameterized samples of z per image: the pathwise gradient averaged over K.
+
+    The per-example loss is -[(1/K) sum_k log p(x|z_k) - KL(q(z|x) || p(z))] with
+    z_k = mean + std * eps_k and the KL in closed form. Its gradient in the encoder's
+    parameters is the mean of K independent pathwise estimates, so its variance is that of
+    one estimate divided by K; it costs one encoder pass and K decoder passes per image.
+    With ``num_samples=1`` it is :func:`vae_loss` (the same draw for the same
+    key).
+
+    Args:
+        params, graphdef: ``nnx.split`` of a :class:`vae_lib.models.VAE`.
+        x: images (B, D), floats in [0, 1].
+        key: draws the K * B noise vectors.
+        num_samples: K, the samples of z per image (a Python int: bind it with
+            ``functools.partial`` to make a ``loss_fn``).
+
+    Returns:
+        ``(loss, metrics)``; metrics ``loss`` (the same number), ``log_px_given_z`` (mean over
+        the K samples and the batch) and ``kl``.
+
+    References:
+        Kingma & Welling, "Auto-Encoding Variational Bayes" (ICLR 2014), eq. 7;
+        Mohamed, Rosca, Figurnov & Mnih (JMLR 2020), sec. 5.
+    """
+    num_samples = _check_num_samples(num_samples)
+    model = nnx.merge(graphdef, params)
+    mean, logvar, _, log_px = _k_samples(model, x, key, num_samples, reparameterized=True)
+    metrics = vae_metrics(jnp.mean(log_px, axis=0), kl_to_standard_normal(mean, logvar))
+    return metrics["loss"], metrics
+
+
+def sticking_the_landing_loss(
+    params: nnx.State, graphdef: nnx.GraphDef, x: ArrayLike, key: jax.Array, num_samples: int = 1
+) -> tuple[jax.Array, Metrics]:
+    """Surrogate loss whose encoder gradient is the "sticking the landing" (STL) pathwise estimate.
+
+    The single-sample ELBO log p(x|z) + log p(z) - log q_phi(z|x), with z = g_phi(eps)
+    reparameterized, depends on phi twice: through z (the path) and through the parameters
+    of the density q_phi in log q_phi(z|x). Its pathwise gradient is the sum of both. The
+    second part is -grad_phi log q_phi(z|x) at fixed z, the score, whose mean is zero
+    (E_q[grad_phi log q_phi] = 0): dropping it leaves the mean alone. STL drops it by
+    stopping the gradient through the parameters of q (not through z):
+
+        log p_theta(x|z) + log p(z) - log q_{stop_gradient(phi)}(z|x),   z = g_phi(eps).
+
+    When q is the exact posterior, log p(x, z) - log q(z|x) = log p(x) for every z, so the
+    remaining path term is zero and the estimate has zero variance; the ordinary pathwise
+    estimate keeps the score term's variance even then. Away from that point the variance
+    may be lower or higher than the closed-form-KL pathwise estimate's (Roeder et al.).
+    The decoder's gradient is the ordinary one. K samples per image are averaged.
+
+    Args:
+        params, graphdef, x, key, num_samples: as for :func:`pathwise_loss`.
+
+    Returns:
+        ``(surrogate, metrics)``. The surrogate's value is minus the single-sample ELBO
+        estimate (averaged over the K samples and the batch), itself an unbiased estimate of
+        -ELBO; ``metrics`` are those of :func:`pathwise_loss` at the same z (the
+        closed-form KL), so ``metrics["loss"]`` is the true negative ELBO estimate the other
+        losses report.
+
+    References:
+        Roeder, Wu & Duvenaud, "Sticking the Landing: Simple, Lower-Variance Gradient
+        Estimators for Variational Inference" (NeurIPS 2017).
+    """
+    num_samples = _check_num_samples(num_samples)
+    model = nnx.merge(graphdef, params)
+    mean, logvar, z, log_px = _k_samples(model, x, key, num_samples, reparameterized=True)
+    # the one-sample ELBO with q's parameters held fixed: the path through z stays
+    elbo = log_importance_weight(log_px, z, jax.lax.stop_gradient(mean), jax.lax.stop_gradient(logvar))  # (K, B)
+    metrics = vae_metrics(jnp.mean(log_px, axis=0), kl_to_standard_normal(mean, logvar))
+    return -jnp.mean(elbo), metrics
+
+
+def leave_one_out_score_loss(
+    params: nnx.State, graphdef: nnx.GraphDef, x: ArrayLike, key: jax.Array, num_samples: int = 4
+) -> tuple[jax.Array, Metrics]:
+    """Surrogate loss whose encoder gradient is the score-function estimate with a leave-one-out baseline.
+
+    K samples z_1..z_K ~ q_phi(z|x) per image, drawn and then held fixed (no path from phi
+    to z). Sample k's baseline is the mean of log p(x|z_j) over the *other* samples j != k
+    of the same image, b_k = (sum_j log p(x|z_j) - log p(x|z_k)) / (K - 1): it does not
+    depend on z_k, so the estimate stays unbiased, and it tracks the level of log p(x|z)
+    for this image at no extra decoder pass. The per-example surrogate is
+
+        (1/K) sum_k [log p_theta(x|z_k) + stop_gradient(log p(x|z_k) - b_k) log q_phi(z_k|x)] - KL,
+
+    whose gradient for theta is the K-sample average of grad_theta log p_theta(x|z_k) and for
+    phi is (1/K) sum_k (log p(x|z_k) - b_k) grad_phi log q_phi(z_k|x) - grad_phi KL, the KL
+    in closed form (as in :func:`score_function_loss`). It costs one encoder
+    pass and K decoder passes per image, like :func:`pathwise_loss` with the same K.
+
+    Args:
+        params, graphdef, x, key: as for :func:`pathwise_loss`.
+        num_samples: K >= 2 (with one sample there is no other to leave out).
+
+    Returns:
+        ``(surrogate, metrics)``; the surrogate's value means nothing, only its gradient does;
+        ``metrics`` are those of :func:`pathwise_loss` at the same z, so ``metrics["loss"]``
+        is the true negative ELBO estimate.
+
+    References:
+        Kool, van Hoof & Welling, "Buy 4 REINFORCE Samples, Get a Baseline for Free!"
+        (ICLR 2019 workshop); Mnih & Rezende, "Variational Inference for Monte Carlo
+        Objectives" (VIMCO, ICML 2016), the same leave-one-out idea for the multi-sample
+        bound; Williams (1992), REINFORCE.
+    """
+    num_samples = _check_num_samples(num_samples, least=2)
+    model = nnx.merge(graphdef, params)
+    mean, logvar, z, log_px = _k_samples(model, x, key, num_samples, reparameterized=False)
+    baseline = (jnp.sum(log_px, axis=0) - log_px) / (num_samples - 1)  # (K, B), free of z_k
+    log_q = gaussian_log_density(z, mean, logvar)  # (K, B): the path to phi is the score
+    kl = kl_to_standard_normal(mean, logvar)
+    surrogate = jnp.mean(log_px + jax.lax.stop_gradient(log_px - baseline) * log_q, axis=0) - kl
+    return -jnp.mean(surrogate), vae_metrics(jnp.mean(log_px, axis=0), kl)

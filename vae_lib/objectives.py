@@ -29,6 +29,7 @@ __all__ = [
     "gaussian_log_density_full",
     "gaussian_log_density_std",
     "importance_weighted_bound",
+    "log_importance_weight",
     "kl_estimate_std",
     "kl_per_dimension",
     "kl_to_standard_normal",
@@ -155,7 +156,19 @@ def elbo_single_sample(x: ArrayLike, logits: ArrayLike, z: ArrayLike, mean: Arra
     The note's eq. 22 corrected: the note drops log p(z). Its expectation over z is the
     ELBO E_q[log p(x, z) - log q(z|x)] (eq. 4, corrected).
     """
-    return bernoulli_log_likelihood(x, logits) + standard_normal_log_density(z) - gaussian_log_density(z, mean, logvar)
+    return log_importance_weight(bernoulli_log_likelihood(x, logits), z, mean, logvar)
+
+
+def log_importance_weight(log_px_given_z: ArrayLike, z: ArrayLike, mean: ArrayLike, logvar: ArrayLike) -> jax.Array:
+    """log w = log p(x|z) + log p(z) - log q(z|x): the one-sample ELBO and the log importance weight.
+
+    The one formula behind :func:`elbo_single_sample`, :func:`vae_log_weights` (and so the
+    importance-weighted bound), :func:`vae_lib.evaluation.log_likelihood_bound` and the
+    "sticking the landing" loss. ``log_px_given_z`` is the decoder's log-likelihood of x at
+    z; p(z) is the standard normal prior, q(z|x) the diagonal Gaussian (mean, logvar); the
+    Gaussian terms are summed over the last axis, and everything broadcasts.
+    """
+    return log_px_given_z + standard_normal_log_density(z) - gaussian_log_density(z, mean, logvar)
 
 
 def elbo_analytic_kl(x: ArrayLike, logits: ArrayLike, mean: ArrayLike, logvar: ArrayLike) -> jax.Array:
@@ -199,11 +212,7 @@ def vae_log_weights(model: nnx.Module, x: ArrayLike, key: jax.Array, k: int) -> 
 
     def one(kk):
         z = reparameterize(kk, mean, logvar)
-        return (
-            bernoulli_log_likelihood(x, model.decoder(z))
-            + standard_normal_log_density(z)
-            - gaussian_log_density(z, mean, logvar)
-        )
+        return elbo_single_sample(x, model.decoder(z), z, mean, logvar)
 
     return jax.lax.map(one, keys)
 

@@ -38,6 +38,7 @@ __all__ = [
     "batch_schedule",
     "fit_sharded",
     "gather_weights",
+    "mean_gradients",
     "per_device_step",
     "pmean_step",
     "sharded_step",
@@ -136,6 +137,7 @@ def fit_sharded(
     layout: str = "replicated",
     log_every: int = 0,
     log: Callable[[str], None] = print,
+    on_step: Callable[[int, TrainState, float], None] | None = None,
 ) -> tuple[TrainState, np.ndarray]:
     """Train ``steps`` steps, each global batch split over every device of ``mesh``.
 
@@ -157,6 +159,8 @@ def fit_sharded(
         layout: ``"replicated"`` (data parallel) or ``"fsdp"`` (parameters and Adam's state
             split, weights gathered per layer: :func:`gather_weights`).
         log_every: log the loss every this many steps (0: never); ``log`` prints it.
+        on_step: called after every step as ``on_step(i, state, loss)`` (i from 1), for
+            heartbeats or a snapshot; it waits for the step to finish.
 
     Returns:
         ``(state, losses)``: the state laid out on the mesh, and the loss of every step.
@@ -185,10 +189,12 @@ def fit_sharded(
         losses.append(metrics["loss"])
         if log_every and (i + 1) % log_every == 0:
             log(f"step {i + 1}/{steps}: loss {float(metrics['loss']):.3f}")
+        if on_step is not None:
+            on_step(i + 1, state, float(metrics["loss"]))
     return state, np.array([float(loss) for loss in losses])
 
 
-def _mean_gradients(tx: optax.GradientTransformation, axis: str) -> optax.GradientTransformation:
+def mean_gradients(tx: optax.GradientTransformation, axis: str) -> optax.GradientTransformation:
     """``tx`` applied to the gradients averaged over the devices of ``axis``: one pmean."""
 
     def update(grads, opt_state, params=None):
@@ -214,7 +220,7 @@ def per_device_step(state: TrainState, images: ArrayLike, key: jax.Array, axis: 
         ``(new state, metrics averaged over the devices)``.
     """
     x, z_key = training.step_inputs(images, jax.random.fold_in(key, jax.lax.axis_index(axis)), state.binarize)
-    new, metrics = training.apply_gradients(state.replace(tx=_mean_gradients(state.tx, axis)), x, z_key)
+    new, metrics = training.apply_gradients(state.replace(tx=mean_gradients(state.tx, axis)), x, z_key)
     return new.replace(tx=state.tx), jax.lax.pmean(metrics, axis)
 
 

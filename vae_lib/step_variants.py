@@ -2,7 +2,7 @@
 
 Notebook 04 teaches them in this order and benchmarks/train_throughput.py times them (one
 change per row); all train the same model on the same batches with the same randomness, so
-their losses agree (tests/test_training_speed_paths.py). Every way draws step i's batch and z
+their losses agree (tests/test_step_variants.py). Every way draws step i's batch and z
 with :func:`vae_lib.training.step_inputs` and the key ``jax.random.fold_in(key, i)``.
 
 * :func:`nnx_step`: stateful NNX (``nnx.value_and_grad``, ``nnx.Optimizer``), run eagerly:
@@ -17,8 +17,10 @@ with :func:`vae_lib.training.step_inputs` and the key ``jax.random.fold_in(key, 
   :data:`jit_donate_step` also donates those buffers, so XLA updates them in place.
 * :func:`scan_epoch`: many steps in one program: the uint8 images on the device, batches
   gathered there, the step repeated by ``jax.lax.scan``.
-
-The library's own step, :func:`vae_lib.training.train_epoch_fused`, goes one step further.
+* :func:`guarded_epoch`: the library's loop (:func:`vae_lib.training.train_epoch_fused`) with
+  its two choices switchable, to measure each: the next batch drawn during the current step
+  or not (``prefetch``), and no guard against a non-finite loss or ``jnp.where`` over every
+  parameter at every step (``guard``) instead of the library's rollback.
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ from flax import nnx
 
 from vae_lib.losses import vae_loss
 from vae_lib.objectives import vae_elbo
-from vae_lib.training import step_inputs
+from vae_lib.training import TrainState, apply_gradients, empty_metrics, record, step_batch, step_inputs
 
 __all__ = [
     "functional_step",
+    "guarded_epoch",
     "jax_jit_step",
     "jit_donate_step",
     "nnx_jit_donate_step",
@@ -94,3 +97,54 @@ def scan_epoch(graphdef, tx, params, opt_state, images, order, key, batch_size: 
 
     (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), (batches, jnp.arange(n_steps)))
     return params, opt_state, losses
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "prefetch", "guard"), donate_argnums=(0,))
+def _guarded_steps(state: TrainState, images, order, key, *, batch_size: int, prefetch: bool, guard: str):
+    n_steps = order.shape[0] // batch_size
+    per_step = empty_metrics(state, images, batch_size, n_steps)
+
+    def body(i, carry):
+        state, per_step, healthy, x, z_key = carry
+        if not prefetch:  # draw this step's batch now, not during the previous step
+            x, z_key = step_batch(images, order, key, i, batch_size, state.binarize)
+        next_x, next_z_key = (
+            step_batch(images, order, key, i + 1, batch_size, state.binarize) if prefetch else (x, z_key)
+        )
+        new, metrics = apply_gradients(state, x, z_key)
+        healthy = healthy & jnp.isfinite(metrics["loss"])
+        if guard == "where":  # the new values while healthy, else the old ones, for every array
+
+            def keep(new_tree, old_tree):
+                return jax.tree.map(lambda a, b: jnp.where(healthy, a, b), new_tree, old_tree)
+
+            new = new.replace(params=keep(new.params, state.params), opt_state=keep(new.opt_state, state.opt_state))
+        return new, record(per_step, i, metrics), healthy, next_x, next_z_key
+
+    first = step_batch(images, order, key, 0, batch_size, state.binarize)
+    state, per_step, *_ = jax.lax.fori_loop(0, n_steps, body, (state, per_step, jnp.bool_(True), *first))
+    return state, per_step
+
+
+def guarded_epoch(
+    state: TrainState, images, key: jax.Array, batch_size: int = 128, *, prefetch: bool = True, guard: str = "none"
+) -> tuple[TrainState, dict]:
+    """One epoch of :func:`vae_lib.training.train_epoch_fused`'s steps with its choices switched.
+
+    Same batches and keys. ``prefetch=False`` draws each batch at the start of its own step;
+    ``guard="where"`` keeps a non-finite update out of the state with ``jnp.where`` over every
+    parameter and Adam moment at every step (the library's result, more memory traffic);
+    ``guard="none"`` does not protect the state at all.
+
+    Returns:
+        ``(state, per_step)`` as :func:`vae_lib.training.train_epoch_fused` (metrics as arrays).
+    """
+    if guard not in ("where", "none"):
+        raise ValueError(f'guard must be "where" or "none" (the rollback is train_epoch_fused); got {guard!r}.')
+    k_perm, k_steps = jax.random.split(key)
+    images = jnp.asarray(images)
+    order = jax.random.permutation(k_perm, len(images))
+    state, per_step = _guarded_steps(
+        state, images, order, k_steps, batch_size=batch_size, prefetch=prefetch, guard=guard
+    )
+    return state, {name: jnp.asarray(v) for name, v in per_step.items()}

@@ -11,7 +11,7 @@ Read it in order (notebook 04 teaches it):
 4. :func:`train_epoch_fused`: the same steps, same batches and same keys inside one
    compiled loop, with the images on the device, the next batch drawn while the current
    step runs, and a guard against a non-finite loss. It gives the numbers of
-   :func:`train_epoch` (tests/test_training_speed_paths.py holds them equal), faster.
+   :func:`train_epoch` (tests/test_training.py holds them equal), faster.
 5. :func:`fit`: epochs of :func:`train_epoch_fused`, a progress bar, evaluation on test
    images, and a clear error when the loss stops being finite.
 
@@ -34,13 +34,18 @@ from jax.typing import ArrayLike
 from vae_lib.data import batch_indices, check_images, prepare_batch
 from vae_lib.evaluation import evaluate
 from vae_lib.losses import vae_loss
+from vae_lib.notebook.progress import progress_bar
 
 __all__ = [
     "NonFiniteLossError",
     "TrainState",
     "create_train_state",
     "fit",
+    "empty_metrics",
     "jit_train_step",
+    "lower_epoch",
+    "record",
+    "step_batch",
     "train_epoch",
     "train_epoch_fused",
     "train_step",
@@ -183,64 +188,69 @@ def train_epoch(
 
 
 # ------------------------------------------------------------------ the fast path
-@functools.partial(jax.jit, static_argnames=("batch_size", "prefetch", "guard"), donate_argnums=(0, 1))
-def _fused_steps(
-    state: TrainState, per_step, images, order, key, start, stop, *, batch_size: int, prefetch: bool, guard: str
-):
-    """Steps start..stop-1 of an epoch in one compiled loop; per_step[name][i] is filled in.
+def step_batch(images: jax.Array, order: jax.Array, key: jax.Array, i, batch_size: int, binarize: bool):
+    """Inside a compiled epoch: step i's batch (rows ``order[i*B:(i+1)*B]`` of ``images``) and z's key.
 
-    `start` and `stop` are traced, so any split of the epoch into chunks (for a progress
-    bar) reuses one compilation. `prefetch` and `guard` are the switches of
-    :func:`train_epoch_fused`. Returns ``(state, per_step, healthy)``; with
-    ``guard="rollback"`` the loop ends after the first step whose loss is not finite
-    (``healthy`` False), and that step's update *has* been applied: the caller rolls back.
+    The same batch and keys :func:`train_epoch` draws for step i (``fold_in(key, i)``). Past
+    the last step it repeats the last batch (a prefetch may ask for one step too many).
     """
     last = order.shape[0] // batch_size - 1
-
-    def inputs(i):  # the batch and keys of step i, as train_epoch draws them
-        idx = jax.lax.dynamic_slice_in_dim(order, jnp.minimum(i, last) * batch_size, batch_size)
-        return step_inputs(jnp.take(images, idx, axis=0), jax.random.fold_in(key, i), state.binarize)
-
-    def body(i, carry):
-        state, per_step, healthy, x, z_key = carry
-        if prefetch:
-            # Software pipelining: draw step i+1's batch while step i runs. The two are
-            # independent, so XLA may overlap the random-number work with the matrix products.
-            next_x, next_z_key = inputs(i + 1)  # (past the last step: unused)
-        else:
-            x, z_key = inputs(i)
-            next_x, next_z_key = x, z_key
-        new, metrics = apply_gradients(state, x, z_key)
-        healthy = healthy & jnp.isfinite(metrics["loss"])
-        if guard == "where":  # an update with a non-finite loss is not applied, nor any after it
-
-            def keep(new_tree, old_tree):  # the new values while healthy, else the old ones
-                return jax.tree.map(lambda a, b: jnp.where(healthy, a, b), new_tree, old_tree)
-
-            new = new.replace(params=keep(new.params, state.params), opt_state=keep(new.opt_state, state.opt_state))
-        per_step = {name: per_step[name].at[i].set(metrics[name]) for name in per_step}
-        return new, per_step, healthy, next_x, next_z_key
-
-    carry = (state, per_step, jnp.bool_(True), *inputs(start))
-    if guard == "rollback":  # stop after the first non-finite loss (a scalar test per step)
-
-        def cond(i_carry):
-            i, carry = i_carry
-            return (i < stop) & carry[2]
-
-        _, (state, per_step, healthy, _, _) = jax.lax.while_loop(
-            cond, lambda i_carry: (i_carry[0] + 1, body(*i_carry)), (start, carry)
-        )
-    else:
-        state, per_step, healthy, _, _ = jax.lax.fori_loop(start, stop, body, carry)
-    return state, per_step, healthy
+    idx = jax.lax.dynamic_slice_in_dim(order, jnp.minimum(i, last) * batch_size, batch_size)
+    return step_inputs(jnp.take(images, idx, axis=0), jax.random.fold_in(key, i), binarize)
 
 
-def _empty_metrics(state: TrainState, images: jax.Array, batch_size: int, n_steps: int) -> dict:
+def record(per_step: dict, i, metrics: dict) -> dict:
+    """Write step i's metrics into the per-step arrays (inside a compiled loop)."""
+    return {name: per_step[name].at[i].set(metrics[name]) for name in per_step}
+
+
+def empty_metrics(state: TrainState, images: jax.Array, batch_size: int, n_steps: int) -> dict:
     """Zeros for every metric of every step: the names come from tracing the loss once."""
     x = jax.ShapeDtypeStruct((batch_size, int(np.prod(images.shape[1:]))), jnp.float32)
     _, metrics = jax.eval_shape(state.loss_fn, state.params, state.graphdef, x, jax.random.key(0))
     return {name: jnp.zeros((n_steps, *m.shape), m.dtype) for name, m in metrics.items()}
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size",), donate_argnums=(0, 1))
+def _fused_steps(state: TrainState, per_step, images, order, key, start, stop, *, batch_size: int):
+    """Steps start..stop-1 of an epoch in one compiled loop; per_step[name][i] is filled in.
+
+    `start` and `stop` are traced, so any split of the epoch into chunks (for a progress
+    bar) reuses one compilation. Step i+1's batch is drawn while step i runs (the two are
+    independent, so XLA may overlap the random numbers with the matrix products). The loop
+    ends after the first step whose loss is not finite (a scalar test per step); that
+    step's update *has* been applied, and ``healthy`` is False: the caller rolls back.
+    Returns ``(state, per_step, healthy)``.
+    """
+
+    def body(i, carry):
+        state, per_step, healthy, x, z_key = carry
+        next_x, next_z_key = step_batch(images, order, key, i + 1, batch_size, state.binarize)
+        state, metrics = apply_gradients(state, x, z_key)
+        return state, record(per_step, i, metrics), healthy & jnp.isfinite(metrics["loss"]), next_x, next_z_key
+
+    carry = (state, per_step, jnp.bool_(True), *step_batch(images, order, key, start, batch_size, state.binarize))
+    _, (state, per_step, healthy, _, _) = jax.lax.while_loop(
+        lambda i_carry: (i_carry[0] < stop) & i_carry[1][2],
+        lambda i_carry: (i_carry[0] + 1, body(*i_carry)),
+        (start, carry),
+    )
+    return state, per_step, healthy
+
+
+def _epoch_order(key: jax.Array, num_images: int) -> tuple[jax.Array, jax.Array]:
+    k_perm, k_steps = jax.random.split(key)
+    return jax.random.permutation(k_perm, num_images), k_steps
+
+
+def lower_epoch(state: TrainState, images: ArrayLike, key: jax.Array, batch_size: int = 128) -> jax.stages.Lowered:
+    """The compiled program of one :func:`train_epoch_fused` epoch, lowered (``.as_text()``,
+    ``.compile()``): what a profile matches its events against."""
+    n_steps = _check_epoch(len(images), batch_size)
+    images = jnp.asarray(images)
+    order, k_steps = _epoch_order(key, len(images))
+    per_step = empty_metrics(state, images, batch_size, n_steps)
+    return _fused_steps.lower(state, per_step, images, order, k_steps, 0, n_steps, batch_size=batch_size)
 
 
 def train_epoch_fused(
@@ -250,9 +260,6 @@ def train_epoch_fused(
     batch_size: int = 128,
     progress=None,
     chunks: int = 20,
-    *,
-    prefetch: bool = True,
-    guard: str = "rollback",
 ) -> tuple[TrainState, PerStep]:
     """:func:`train_epoch`'s steps inside one compiled loop: same batches, keys and results.
 
@@ -261,41 +268,27 @@ def train_epoch_fused(
     with an ``update(n)`` method, is given). When a step's loss is not finite, the
     returned state is the one from before that step; that step's metrics are recorded
     (NaN or inf), so the caller finds it in ``per_step["loss"]``, and later steps are not
-    run (their metrics are NaN).
-
-    Args:
-        prefetch, guard: switches for measuring what each part costs
-            (benchmarks/train_throughput.py); keep the defaults to train. ``prefetch=False``
-            draws each batch at the start of its own step instead of during the previous
-            one (the same numbers). ``guard`` says how a non-finite loss is kept out of the
-            state: ``"rollback"`` (the default) copies the state before each chunk of
-            steps, stops the loop after a non-finite loss and, only then, runs the chunk's
-            good steps again from the copy; ``"where"`` selects old or new values with
-            ``jnp.where`` for every parameter at every step (the same result, more memory
-            traffic); ``"none"`` does not protect the state at all.
+    run (their metrics are NaN). How: the state is copied before each chunk of steps, the
+    loop stops after a non-finite loss and, only then, the chunk's good steps run again
+    from the copy (a guard that costs one scalar test per step; ``vae_lib.step_variants``
+    has the other guards the speed lesson measures).
 
     Returns:
         ``(state, per_step)`` as :func:`train_epoch`.
     """
     n_steps = _check_epoch(len(images), batch_size)
-    k_perm, k_steps = jax.random.split(key)
     images = jnp.asarray(images)
-    order = jax.random.permutation(k_perm, len(images))
-    per_step = _empty_metrics(state, images, batch_size, n_steps)
+    order, k_steps = _epoch_order(key, len(images))
+    per_step = empty_metrics(state, images, batch_size, n_steps)
     n_chunks = 1 if progress is None else max(1, min(chunks, n_steps))
     bounds = [round(j * n_steps / n_chunks) for j in range(n_chunks + 1)]
-    if guard not in ("rollback", "where", "none"):
-        raise ValueError(f'guard must be "rollback", "where" or "none"; got {guard!r}.')
-    run = functools.partial(
-        _fused_steps, images=images, order=order, key=k_steps, batch_size=batch_size, prefetch=prefetch, guard=guard
-    )
+    run = functools.partial(_fused_steps, images=images, order=order, key=k_steps, batch_size=batch_size)
     for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-        saved = jax.tree.map(jnp.copy, state) if guard == "rollback" else None
+        saved = jax.tree.map(jnp.copy, state)
         state, per_step, healthy = run(state, per_step, start=start, stop=stop)
         if not bool(healthy):
             bad = start + int(np.flatnonzero(~np.isfinite(np.asarray(per_step["loss"][start:stop])))[0])
-            if guard == "rollback":  # run the good steps of this chunk again, from the copy
-                state, per_step, _ = run(saved, per_step, start=start, stop=bad)
+            state, per_step, _ = run(saved, per_step, start=start, stop=bad)  # the good steps again, from the copy
             per_step = {name: v.at[bad + 1 :].set(jnp.nan) for name, v in per_step.items()}
             break
         if progress is not None:
@@ -318,6 +311,10 @@ def fit(
     binarize: bool = True,
     progress: bool = True,
     loss_fn: LossFn = vae_loss,
+    schedule: Callable[[int], LossFn] | None = None,
+    eval_name: str = "test",
+    on_epoch_end: Callable[[int, TrainState, dict], bool] | None = None,
+    resume: tuple[TrainState, dict] | None = None,
 ) -> dict[str, list]:
     """Train ``model`` in place and return its history (per-epoch means, nats per image).
 
@@ -331,6 +328,15 @@ def fit(
             trains an autoencoder).
         train_images, test_images: uint8 (N, 28, 28) or float (N, 784) in [0, 1].
         progress: show a tqdm bar.
+        schedule: the training loss of epoch e, ``schedule(e)`` (a KL warm-up, say); ``loss_fn``
+            is then only what the held-out images are scored with. Return the same function
+            object for the same loss, or every epoch compiles again.
+        eval_name: the prefix of the held-out metrics in the history (``"valid"`` for a
+            validation split).
+        on_epoch_end: called after each epoch as ``on_epoch_end(epoch, state, history)``;
+            returning True stops training (early stopping, saving a resume file).
+        resume: ``(state, history)`` of a run cut off after epoch ``history["epoch"][-1]``:
+            training continues from there, with the keys it would have used.
 
     Returns:
         History: ``epoch``, ``train_<metric>`` and, with test images, ``test_<metric>``
@@ -343,14 +349,20 @@ def fit(
     check_images(train_images, "fit")
     if test_images is not None:
         check_images(test_images, "fit (test_images)")
-    state = create_train_state(model, tx=tx, learning_rate=learning_rate, binarize=binarize, loss_fn=loss_fn)
+    if resume is None:
+        state = create_train_state(model, tx=tx, learning_rate=learning_rate, binarize=binarize, loss_fn=loss_fn)
+        history: dict[str, list] = {"epoch": []}
+    else:
+        state, history = resume
+    first = history["epoch"][-1] + 1 if history["epoch"] else 1
     k_train, k_test = jax.random.split(key)
     steps_per_epoch = _check_epoch(len(train_images), batch_size)
     train_images = jnp.asarray(train_images)  # on the device once (uint8 stays uint8)
-    history: dict[str, list] = {"epoch": []}
-    bar, finish_bar = _progress_bar(epochs * steps_per_epoch) if progress else (None, None)
+    bar, finish_bar = progress_bar((epochs - first + 1) * steps_per_epoch) if progress else (None, None)
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(first, epochs + 1):
+            if schedule is not None:
+                state = state.replace(loss_fn=schedule(epoch))
             state, per_step = train_epoch_fused(
                 state, train_images, jax.random.fold_in(k_train, epoch), batch_size, progress=bar
             )
@@ -364,40 +376,12 @@ def fit(
             if test_images is not None:
                 test = evaluate(model, test_images, k_test, binarize=binarize, loss_fn=loss_fn)
                 for name, v in test.items():
-                    history.setdefault("test_" + name, []).append(v)
+                    history.setdefault(f"{eval_name}_{name}", []).append(v)
             if bar is not None:
                 bar.set_postfix(loss=f"{history['train_loss'][-1]:.1f}")
+            if on_epoch_end is not None and on_epoch_end(epoch, state, history):
+                break
     finally:
         if bar is not None:
             finish_bar()
     return history
-
-
-def _progress_bar(total: int):
-    """A tqdm bar of ``total`` steps and the function that closes it.
-
-    In a notebook the bar is a widget, and a saved notebook keeps the text shown when it was
-    first displayed (0 %). So the widget is displayed with a display id, and closing it
-    refreshes that output with the final state (100 %, the time taken).
-    """
-    from tqdm.auto import tqdm
-
-    try:
-        from IPython import get_ipython
-        from IPython.display import display
-        from tqdm.notebook import tqdm as notebook_tqdm
-
-        in_notebook = get_ipython() is not None and "IPKernelApp" in get_ipython().config
-        bar = notebook_tqdm(total=total, desc="training", unit="step", display=False) if in_notebook else None
-    except Exception:  # noqa: BLE001 - no IPython or no ipywidgets: a text bar
-        bar = None
-    if bar is None:
-        bar = tqdm(total=total, desc="training", unit="step")
-        return bar, bar.close
-    handle = display(bar.container, display_id=True)
-
-    def finish():
-        bar.close()
-        handle.update(bar.container)
-
-    return bar, finish

@@ -18,11 +18,12 @@ import json
 import os
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, serialization, traverse_util
 
-__all__ = ["FORMAT", "architecture", "load", "load_model", "read_info", "save"]
+__all__ = ["FORMAT", "architecture", "load", "load_model", "load_tree", "read_info", "save", "save_tree"]
 
 FORMAT = "vae_lib-checkpoint-1"
 
@@ -66,7 +67,12 @@ def save(path: str | os.PathLike, model: nnx.Module, *, info: dict | None = None
     for name, value in _flat_params(model).items():
         a = np.asarray(value)
         params[name] = a.astype(dtype) if dtype is not None and np.issubdtype(a.dtype, np.floating) else a
-    blob = serialization.msgpack_serialize({"format": FORMAT, "params": params, "info": json.dumps(info)})
+    return _write(path, {"format": FORMAT, "params": params, "info": json.dumps(info)})
+
+
+def _write(path: str | os.PathLike, content: dict) -> Path:
+    """Write `content` as msgpack, whole or not at all (a temporary file, then a rename)."""
+    blob = serialization.msgpack_serialize(content)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
@@ -125,7 +131,7 @@ def load_model(path: str | os.PathLike):
     """The VAE stored in `path`, built with the sizes the file records and loaded: ready to use.
 
     Files written before sizes were recorded (``info["architecture"]``) are read from their
-    ``hidden`` and ``latent`` entries, as :mod:`vae_lib.pretrained` stores them.
+    ``hidden`` and ``latent`` entries.
 
     Raises:
       FileNotFoundError: no file at `path`.
@@ -136,8 +142,8 @@ def load_model(path: str | os.PathLike):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"No checkpoint at {path}. The stored models are made by `python -m vae_lib.pretrain` (notebook 06's) "
-            f"and `python -m vae_lib.pretrained` (notebook 05's)."
+            f"No checkpoint at {path}. The stored models are made by `python -m vae_lib.cli.train_models` "
+            f"(`make models`)."
         )
     info = read_info(path)
     arch = info.get("architecture")
@@ -153,3 +159,27 @@ def load_model(path: str | os.PathLike):
     )
     load(path, model)
     return model
+
+
+def save_tree(path: str | os.PathLike, tree, *, info: dict | None = None) -> Path:
+    """Write every leaf of a pytree (a whole training state: parameters, Adam's moments, the
+    step) in full precision, with a JSON `info`; :func:`load_tree` reads it back into a tree
+    of the same structure. This is what a resumable training run saves after each epoch."""
+    leaves = [np.asarray(a) for a in jax.tree.leaves(tree)]
+    return _write(path, {"format": FORMAT, "leaves": leaves, "info": json.dumps(info or {})})
+
+
+def load_tree(path: str | os.PathLike, like):
+    """The pytree saved by :func:`save_tree`, in the structure of `like`, and its `info`.
+
+    Raises:
+      ValueError: the file holds another number of leaves, or leaves of other shapes, than `like`.
+    """
+    raw = _read(path)
+    stored = raw.get("leaves")
+    stored = [stored[str(i)] for i in range(len(stored))] if isinstance(stored, dict) else list(stored or [])
+    template = jax.tree.leaves(like)
+    if len(stored) != len(template) or any(np.shape(a) != np.shape(b) for a, b in zip(stored, template, strict=True)):
+        raise ValueError(f"{path} holds another structure than the one given (another model or optimizer?).")
+    tree = jax.tree.unflatten(jax.tree.structure(like), [jnp.asarray(a) for a in stored])
+    return tree, json.loads(raw["info"])

@@ -1,9 +1,9 @@
-"""vae_lib.claims: the checks behind every number a notebook's prose states."""
+"""vae_lib.notebook.claims: the checks behind every number a notebook's prose states."""
 
 import numpy as np
 import pytest
 
-from vae_lib import claims
+from vae_lib.notebook import claims
 
 
 def test_expect_passes_within_tolerance_and_prints_only_the_stated_numbers(capsys):

@@ -1,8 +1,8 @@
-"""vae_lib.exercises: verdicts that help without giving the answer away."""
+"""vae_lib.notebook.exercises: verdicts that help without giving the answer away."""
 
 import numpy as np
 
-from vae_lib.exercises import check_function, check_value
+from vae_lib.notebook.exercises import check_function, check_value
 
 
 def test_a_right_value_is_confirmed_without_printing_it(capsys):

@@ -1,0 +1,61 @@
+"""vae_lib.cost: the FLOPs of a step are those of the compiled step; the stored benchmark results are complete."""
+
+import math
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+from helpers import REPO, load_script
+
+from vae_lib import training
+from vae_lib.cost import read_throughput, step_matmul_flops, step_matmul_shapes
+from vae_lib.models import VAE
+
+
+def _dot_flops(jaxpr) -> int:
+    """FLOPs of every dot_general in a jaxpr, sub-jaxprs included (2 per multiply-add)."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            out = eqn.outvars[0].aval.shape
+            total += 2 * math.prod(out) * math.prod(lhs[d] for d in contract)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            total += _dot_flops(sub)
+    return total
+
+
+@pytest.mark.parametrize("hidden, latent", [(400, 20), ((300, 100), 8), ((), 5)])
+def test_step_matmul_flops_is_what_the_traced_step_multiplies(hidden, latent):
+    state = training.create_train_state(VAE(hidden=hidden, latent=latent, rngs=nnx.Rngs(0)))
+    images = jnp.zeros((32, 28, 28), jnp.uint8)
+    jaxpr = jax.make_jaxpr(training.train_step)(state, images, jax.random.key(0)).jaxpr
+    assert _dot_flops(jaxpr) == 32 * step_matmul_flops(784, hidden, latent)
+
+
+def test_step_matmul_shapes_are_the_products_of_the_traced_step():
+    state = training.create_train_state(VAE(hidden=400, latent=20, rngs=nnx.Rngs(0)))
+    images = jnp.zeros((128, 28, 28), jnp.uint8)
+    jaxpr = jax.make_jaxpr(training.train_step)(state, images, jax.random.key(0)).jaxpr
+    shapes = step_matmul_shapes(128, 784, 400, 20)
+    assert len(shapes) == 14
+    assert _dot_flops(jaxpr) == sum(2 * a[0] * a[1] * b[1] for a, b in shapes)
+
+
+@pytest.mark.parametrize("cores", ["2cores", "1core"])
+def test_the_stored_benchmark_results_have_every_row_of_the_benchmark(cores):
+    results = REPO / "benchmarks" / "results"
+    rows, info = read_throughput(results / f"train_throughput_{cores}.jsonl")
+    bench = load_script("benchmarks/train_throughput.py")
+    assert [(n, r["vs"], r["change"]) for n, r in rows.items()] == bench.ROWS, "re-run `make bench`"
+    assert all(len(r["rounds"]) == bench.ROUNDS for r in rows.values())
+    assert info["ceiling_images_per_s"] == pytest.approx(info["matmul_gflops"] * 1e9 / step_matmul_flops(), rel=1e-3)
+
+
+def test_reading_a_file_without_benchmark_rows_says_how_to_make_one(tmp_path):
+    (tmp_path / "x.jsonl").write_text('{"matmul_gflops": 1.0}\n')
+    with pytest.raises(ValueError, match="make bench"):
+        read_throughput(tmp_path / "x.jsonl")

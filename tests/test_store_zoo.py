@@ -1,0 +1,191 @@
+"""vae_lib.store.zoo: one recipe table for every stored model, the models found through the package,
+and the training that makes them (early stopping, warm-up, resuming)."""
+
+import tomllib
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from helpers import REPO
+
+import vae_lib
+from vae_lib import evaluation, training
+from vae_lib.store import checkpoint, zoo
+
+PACKAGE = Path(vae_lib.__file__).resolve().parent
+
+
+def _quiet(line):
+    pass
+
+
+# ---------------------------------------------------------------- the stored models, through the package
+
+
+def test_the_stored_models_folder_lies_inside_the_vae_lib_package():
+    assert zoo.FOLDER.resolve().is_relative_to(PACKAGE)
+
+
+def test_the_package_data_ships_every_stored_model_with_a_non_editable_install():
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "vae_lib.store" in config["packages"]
+    store = PACKAGE / "store"
+    shipped = {p for pattern in config["package-data"]["vae_lib.store"] for p in store.glob(pattern)}
+    assert {zoo.FOLDER / f"{name}.msgpack" for name in zoo.RECIPES} <= shipped
+
+
+@pytest.mark.parametrize("name", sorted(zoo.RECIPES))
+def test_each_recipes_model_loads_from_the_package_whatever_the_current_directory(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing is looked up relative to where Python runs
+    model, info = zoo.load(name)
+    r = zoo.RECIPES[name]
+    assert (tuple(checkpoint.architecture(model)["hidden"]), model.latent) == (r.hidden, r.latent)
+    assert info["seed"] == r.seed
+
+
+@pytest.mark.parametrize("name", sorted(zoo.RECIPES))
+def test_each_stored_model_was_trained_with_its_recipe(name):
+    r, info = zoo.RECIPES[name], checkpoint.read_info(zoo.FOLDER / f"{name}.msgpack")
+    epochs = info["history"]["epoch"]
+    if r.patience is None:
+        assert epochs == list(range(1, r.max_epochs + 1))
+    else:
+        assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) <= r.max_epochs
+    stored = (info.get("beta", 1.0), info.get("free_bits", 0.0), info.get("warmup_epochs", 0))
+    assert stored == (r.beta, r.free_bits, r.warmup_epochs)
+
+
+def test_the_stored_20d_model_scores_the_test_loss_its_history_records(fashion_test):
+    model, info = zoo.load("vae_z20")
+    history = info["history"]
+    loss = evaluation.evaluate(model, fashion_test[0], jax.random.key(0))["loss"]
+    # A fresh single-sample estimate on 10,000 images (its noise is about 0.1 nats) of float16 weights.
+    assert abs(loss - history["test_loss"][-1]) < 0.5, (loss, history["test_loss"][-1])
+
+
+def test_the_converged_model_was_evaluated_on_the_whole_test_set_with_5000_samples():
+    e = checkpoint.read_info(zoo.FOLDER / "vae_converged.msgpack")["evaluation"]
+    assert (e["k"], e["test_images"], len(e["log_px"]), len(e["elbo"])) == (5000, 10000, 10000, 10000)
+    assert e["nll"] == pytest.approx(-np.mean(e["log_px"]), abs=1e-3)
+    assert np.mean(np.array(e["log_px"]) >= np.array(e["elbo"])) > 0.99  # L_5000 above the ELBO, image by image
+
+
+def test_the_converged_model_stopped_early_on_its_validation_loss():
+    h = checkpoint.read_info(zoo.FOLDER / "vae_converged.msgpack")["history"]
+    assert h["stopped"] == "early" and h["epoch"][-1] - h["best_epoch"] > zoo.RECIPES["vae_converged"].patience - 1
+    assert min(h["valid_loss"]) == h["valid_loss"][h["epoch"].index(h["best_epoch"])]
+
+
+# ---------------------------------------------------------------- clear errors
+
+
+def test_an_unknown_model_name_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match=r"No stored model called 'vae_z3'.*'vae_z2'"):
+        zoo.build("vae_z3")
+
+
+def test_a_missing_file_says_which_command_makes_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"python -m vae_lib.cli.train_models vae_z20 --out {tmp_path}"):
+        zoo.load("vae_z20", tmp_path)
+
+
+def test_a_file_of_other_sizes_is_refused_naming_both(tmp_path):
+    checkpoint.save(tmp_path / "vae_z2.msgpack", zoo.build("vae_z20"))
+    with pytest.raises(ValueError, match=r"latent size 20, but recipe 'vae_z2' has \(400,\) and 2"):
+        zoo.load("vae_z2", tmp_path)
+
+
+@pytest.mark.parametrize("shorter", [{"max_epochs": 1}, {"eval_k": 10}])
+def test_a_shorter_run_must_not_write_into_the_stored_models_folder(shorter):
+    with pytest.raises(ValueError, match="needs another folder"):
+        zoo.make("vae_z2", **shorter)
+
+
+def test_build_seeds_the_initialisation_with_the_recipes_init_seed():
+    a, b = zoo.build("vae_z2"), zoo.build("vae_z20")  # both init_seed 0: the same first-layer weights
+    np.testing.assert_array_equal(a.encoder.body.layers[0].kernel[...], b.encoder.body.layers[0].kernel[...])
+
+
+def test_the_validation_split_is_disjoint_and_seeded():
+    images = np.arange(12_000)
+    train, valid = zoo.split_train_validation(images)
+    assert len(valid) == 10_000 and len(train) == 2_000
+    assert not set(train) & set(valid)
+    assert np.array_equal(valid, zoo.split_train_validation(images)[1])
+
+
+# ---------------------------------------------------------------- training a recipe
+
+
+@pytest.fixture
+def tiny_recipe(monkeypatch):
+    """Put a small recipe called "tiny" into the table (for this test only); returns its name."""
+
+    def put(**kw):
+        base = {"hidden": (32,), "latent": 2, "seed": 0, "max_epochs": 3, "batch_size": 64}
+        monkeypatch.setitem(zoo.RECIPES, "tiny", zoo.Recipe(**{**base, **kw}))
+        return "tiny"
+
+    return put
+
+
+def test_early_stopping_ends_after_patience_epochs_without_a_better_validation_loss(tiny_recipe, fashion_train):
+    name = tiny_recipe(learning_rate=0.0, patience=2, max_epochs=10)  # no step changes anything
+    images = fashion_train[0][:640]
+    _, history = zoo.train(name, images, images[:200], resume_folder=None, log=_quiet)
+    assert history["epoch"] == [1, 2, 3] and history["best_epoch"] == 1 and history["stopped"] == "early"
+
+
+def test_a_run_that_reaches_max_epochs_says_so(tiny_recipe, fashion_train):
+    name = tiny_recipe(max_epochs=2)
+    images = fashion_train[0][:640]
+    _, history = zoo.train(name, images, images[:200], resume_folder=None, log=_quiet)
+    assert history["epoch"] == [1, 2] and history["stopped"] == "max_epochs"
+
+
+def test_training_returns_the_parameters_of_the_best_validation_epoch_not_the_last(tiny_recipe, fashion_train):
+    # A high learning rate: on these images the validation loss is best at epoch 2 and worse at epoch 3.
+    name = tiny_recipe(learning_rate=0.2, patience=5, max_epochs=3)
+    train_images, valid = fashion_train[0][:2000], fashion_train[0][3000:3500]
+    model, history = zoo.train(name, train_images, valid, resume_folder=None, log=_quiet)
+    best = history["best_epoch"]
+    assert best < history["epoch"][-1], f"the last epoch was the best ({history['valid_loss']}): no test"
+    assert history["valid_loss"][best - 1] == min(history["valid_loss"])
+    k_valid = jax.random.split(jax.random.key(zoo.RECIPES[name].seed))[1]  # fit's evaluation key
+    assert evaluation.evaluate(model, valid, k_valid)["loss"] == pytest.approx(
+        history["valid_loss"][best - 1], rel=1e-6
+    )
+
+
+def test_warm_up_raises_beta_linearly_to_its_value(tiny_recipe, fashion_train):
+    name = tiny_recipe(warmup_epochs=2, max_epochs=3)
+    images = fashion_train[0][:640]
+    _, history = zoo.train(name, images, images[:200], resume_folder=None, log=_quiet)
+    assert history["beta"] == [0.5, 1.0, 1.0]
+
+
+def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tiny_recipe, fashion_train, tmp_path):
+    name = tiny_recipe(max_epochs=3, patience=3)
+    images, valid = fashion_train[0][:2560], fashion_train[0][3000:3500]
+    straight, straight_history = zoo.train(name, images, valid, resume_folder=None, log=_quiet)
+    zoo.train(name, images, valid, max_epochs=2, resume_folder=tmp_path, log=_quiet)  # cut after epoch 2
+    assert (tmp_path / f"{name}.resume.msgpack").is_file()
+    lines = []
+    resumed, history = zoo.train(name, images, valid, resume_folder=tmp_path, log=lines.append)
+    assert "resuming after epoch 2" in lines[0] and len(lines) == 2  # the message, then epoch 3 only
+    assert history == straight_history
+    a, b = nnx.state(straight, nnx.Param), nnx.state(resumed, nnx.Param)
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_a_resume_file_of_another_recipe_is_refused(tiny_recipe, fashion_train, tmp_path):
+    name = tiny_recipe(max_epochs=3)
+    state = training.create_train_state(zoo.build(name))
+    other = {"hidden": [64], "latent": 2}
+    checkpoint.save_tree(tmp_path / f"{name}.resume.msgpack", (state, state.params), info={"recipe": other})
+    images = fashion_train[0][:640]
+    with pytest.raises(ValueError, match="written for another recipe"):
+        zoo.train(name, images, images[:200], resume_folder=tmp_path, log=_quiet)
