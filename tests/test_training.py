@@ -43,6 +43,12 @@ def _assert_identical(a, b):
         np.testing.assert_array_equal(x, y)
 
 
+def _fit_small(images, epochs, **options):
+    """fit a fresh small VAE from key 0 with ADAM, no progress bar: the runs the schedule tests compare."""
+    model, key = _small_model(), jax.random.key(0)
+    return training.fit(model, images, key=key, epochs=epochs, tx=ADAM, progress=False, **options)
+
+
 def _small_model(seed=0):
     return VAE(hidden=64, latent=4, rngs=nnx.Rngs(seed))
 
@@ -292,18 +298,10 @@ def test_a_schedule_compiles_the_epoch_once_per_distinct_loss_object(fashion_tra
     images = fashion_train[0][:256]
     warm_up = functools.partial(losses.beta_vae_loss, beta=2.0)
     later = functools.partial(losses.beta_vae_loss, beta=3.0)
-    training.fit(_small_model(), images, key=jax.random.key(0), epochs=1, tx=ADAM, progress=False, loss_fn=warm_up)
+    _fit_small(images, 1, loss_fn=warm_up)
     caplog.set_level(logging.WARNING, logger="jax")
     with jax.log_compiles(True):
-        history = training.fit(
-            _small_model(),
-            images,
-            key=jax.random.key(0),
-            epochs=3,
-            tx=ADAM,
-            progress=False,
-            schedule=lambda epoch: warm_up if epoch <= 2 else later,
-        )
+        history = _fit_small(images, 3, schedule=lambda epoch: warm_up if epoch <= 2 else later)
     seen = [r.getMessage()[:80] for r in caplog.records if r.getMessage().startswith("Compiling")]
     assert history["epoch"] == [1, 2, 3]
     # warm_up's epoch was compiled by the first run; only `later` is new
@@ -313,16 +311,8 @@ def test_a_schedule_compiles_the_epoch_once_per_distinct_loss_object(fashion_tra
 def test_a_schedule_trains_each_epoch_with_its_loss(fashion_train):
     images = fashion_train[0][:256]
     heavy = functools.partial(losses.beta_vae_loss, beta=50.0)
-    plain = training.fit(_small_model(), images, key=jax.random.key(0), epochs=2, tx=ADAM, progress=False)
-    scheduled = training.fit(
-        _small_model(),
-        images,
-        key=jax.random.key(0),
-        epochs=2,
-        tx=ADAM,
-        progress=False,
-        schedule=lambda epoch: losses.vae_loss if epoch == 1 else heavy,
-    )
+    plain = _fit_small(images, 2)
+    scheduled = _fit_small(images, 2, schedule=lambda epoch: losses.vae_loss if epoch == 1 else heavy)
     assert scheduled["train_loss"][0] == plain["train_loss"][0]  # epoch 1: the same loss, the same steps
     # epoch 2 minimises 50 x KL: the training loss reported is that objective, far above the plain one
     assert scheduled["train_loss"][1] > plain["train_loss"][1] + 10
