@@ -240,12 +240,13 @@ def bernoulli_log_integral(logits: ArrayLike) -> jax.Array:
     integrates to (e^l - 1) / (l (1 + e^l)) = tanh(l / 2) / l (1/2 at l = 0), never more
     than 1/2. It is the reciprocal of the continuous Bernoulli's normalising constant
     (Loaiza-Ganem & Cunningham 2019). Elementwise; computed stably as
-    log tanh(|l| / 2) - log |l|.
+    log tanh(|l| / 2) - log |l|, and for |l| < 1e-4 by its series
+    log(1/2) - l^2 / 12 (tanh(l/2) / l = 1/2 - l^2 / 24 + ..., whose log starts -l^2 / 12).
     """
     a = jnp.abs(jnp.asarray(logits))
     small = a < 1e-4
     safe = jnp.where(small, 1.0, a)
-    return jnp.where(small, jnp.log(0.5) - a**2 / 24.0, jnp.log(jnp.tanh(safe / 2.0)) - jnp.log(safe))
+    return jnp.where(small, jnp.log(0.5) - a**2 / 12.0, jnp.log(jnp.tanh(safe / 2.0)) - jnp.log(safe))
 
 
 def bernoulli_entropy(p: ArrayLike) -> jax.Array:
