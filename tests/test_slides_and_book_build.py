@@ -229,3 +229,54 @@ def test_the_book_loads_only_local_files(book, tmp_path):
     assert "<details" in text and "<details open" not in text
     assert "live kernel" in text and "interactive(children" not in text
     assert 'href="../index.html"' in text  # the notebook's ../README.md link, now the landing page
+
+
+# ------------------------------------------------------------------ the book without the test rig
+def _rigged_notebook():
+    v4 = nbformat.v4
+    intro = v4.new_markdown_cell(
+        "Read on. **Cells marked `# NBVAL_IGNORE_OUTPUT`** print numbers that vary between computers. "
+        "The cell after each checks, with `claims.expect`, that the text's numbers hold. Then the lesson."
+    )
+    sampled = v4.new_code_cell("# NBVAL_IGNORE_OUTPUT\n# (random sampling)\nloss = train()\nprint(loss)")
+    check = v4.new_code_cell("gap = loss - 200\nclaims.expect('the gap (nats)', gap, 43, tol=1)")
+    kept = v4.new_code_cell("ratio = loss / 2\nclaims.expect_true('ratio positive', ratio > 0)")
+    uses = v4.new_code_cell("print(ratio)")
+    library = v4.new_code_cell("claims.expect('mine', mine, 1.0, tol=0.1)\nassert np.isclose(mine, library)")
+    solution = v4.new_code_cell("answer = 3\nclaims.expect('the answer', answer, 3, tol=0)")
+    solution.metadata["jupyter"] = {"source_hidden": True}
+    return v4.new_notebook(cells=[intro, sampled, check, kept, uses, library, solution])
+
+
+def _removed(nb) -> list[int]:
+    return [i for i, c in enumerate(nb.cells) if "remove-cell" in c.metadata.get("tags", [])]
+
+
+def test_the_book_copy_drops_the_nbval_markers_and_their_comment(copies):
+    nb = copies.for_readers(_rigged_notebook())
+    assert nb.cells[1].source == "loss = train()\nprint(loss)"
+
+
+def test_the_book_copy_removes_a_cell_that_only_checks_the_prose(copies):
+    assert 2 in _removed(copies.for_readers(_rigged_notebook()))
+
+
+def test_a_check_cell_stays_when_a_later_cell_reads_what_it_computes(copies):
+    assert 3 not in _removed(copies.for_readers(_rigged_notebook()))
+
+
+def test_a_formula_checked_against_the_library_and_a_worked_solution_stay(copies):
+    removed = _removed(copies.for_readers(_rigged_notebook()))
+    assert 5 not in removed and 6 not in removed
+
+
+def test_the_book_copy_drops_the_sentence_about_the_markers_and_keeps_the_rest(copies):
+    intro = copies.for_readers(_rigged_notebook()).cells[0].source
+    assert intro == "Read on. Then the lesson."
+
+
+def test_no_page_of_the_book_keeps_an_nbval_marker(book, tmp_path):
+    src = book.stage(NOTEBOOKS, tmp_path / "src")
+    for page in sorted((src / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(page, as_version=4)
+        assert not [c for c in nb.cells if "NBVAL" in c.source], page.name

@@ -11,8 +11,9 @@ The sources are staged in build/book_src/ (ignored by git), never in notebooks/:
 
 - index.md: README.md, with its links to notebooks/NN_name.ipynb turned into links to the
   pages, a remote badge image turned into a plain link, and a toctree of the notebooks;
-- notebooks/NN_name.ipynb: copies whose widget outputs are made static
-  (tools/notebook_copies.py), whose links to ../README.md point at the landing page, and whose
+- notebooks/NN_name.ipynb: copies whose widget outputs are made static and whose test rig
+  (nbval's markers, the claims check cells) is taken out (tools/notebook_copies.py), whose
+  links to ../README.md point at the landing page, and whose
   cells collapsed in JupyterLab (`jupyter.source_hidden`: the worked solutions) carry myst-nb's
   `hide-input` tag, so they are collapsed on the page too.
 
@@ -59,7 +60,7 @@ def stage(paths: list[Path], src: Path) -> Path:
     shutil.rmtree(src, ignore_errors=True)
     (src / "notebooks").mkdir(parents=True)
     for path in paths:
-        nb = nc.static_outputs(nc.read(path))
+        nb = nc.for_readers(nc.static_outputs(nc.read(path)))
         for cell in nb.cells:
             if cell.cell_type == "markdown":
                 cell.source = nc.relink(cell.source, _page_link)

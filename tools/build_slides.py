@@ -171,11 +171,6 @@ def _png_size(data) -> tuple[int, int]:
     return struct.unpack(">II", raw[16:24])
 
 
-def _strip_test_markers(source: str) -> str:
-    """The deck shows code without the test suite's markers (nbval's `# NBVAL_...` lines)."""
-    return "\n".join(line for line in source.splitlines() if not line.strip().startswith("# NBVAL_"))
-
-
 def _output_lines(cell, shrink: float = 1.0) -> tuple[float, float]:
     """Lines the outputs take (all, and the figures' share), their figures scaled by `shrink`;
     each figure is given that display size (its output metadata, which nbconvert writes out)."""
@@ -272,7 +267,7 @@ def slide_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
                     continue
                 add(piece, sum(block_lines(b) for b in group), len(m.group(1)) if m else None)
         else:
-            cell.source = _strip_test_markers(cell.source)
+            cell.source = nc.strip_test_markers(cell.source)
             outputs = cell.get("outputs", [])
             has_figure = any("image/png" in o.get("data", {}) for o in outputs)
             code_lines = cell.source.splitlines()

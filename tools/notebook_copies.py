@@ -10,12 +10,18 @@ works on a copy: the committed notebooks are never written.
   by a static figure of what its sliders do).
 - `relink(markdown, target)`: rewrite the local links of a markdown cell (`01_x.ipynb`,
   `../README.md`) to where the built page lives.
+- `for_readers(nb)`: the lesson without the test rig: the `# NBVAL_...` marker lines (and the
+  `# (why)` comment under one) out of the code, the check cells (`claims` calls and the
+  assignments they check: what nbval runs to hold the prose to its numbers) tagged `remove-cell`, and the
+  sentence that explains the markers out of the introduction. The committed notebooks keep all
+  of it for nbval.
 - `asset(...)`: the folders of the packaged front-end files (reveal.js from sphinx-revealjs,
   MathJax 3 from django-static-mathjax) and `copy_mathjax(out)`.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import re
 import shutil
@@ -36,6 +42,11 @@ WIDGET_NOTE = (
 MATHJAX_SCRIPT = "tex-chtml-full.js"
 MATHJAX_PARTS = [MATHJAX_SCRIPT, "output/chtml/fonts/woff-v2", "ui", "a11y", "adaptors", "input"]
 LINK = re.compile(r"(\]\()([^)\s]+)(\))")
+MARKER = re.compile(r"^# NBVAL_\w+[^\n]*\n(?:# \([^\n]*\)\n)?", re.M)
+# The introduction's sentence on the markers, and the next one if it names the claims checks.
+RIG_SENTENCE = re.compile(r"\**Cells marked `# NBVAL_IGNORE_OUTPUT`\**[^.]*\.(?:\s+[^.]*`claims\.expect`[^.]*\.)?\s*")
+CHECK_CALLS = {"expect", "expect_between", "expect_true"}
+REMOVE_CELL = "remove-cell"  # myst-nb drops such a cell, input and output
 
 
 def series(paths: Iterable[Path]) -> list[Path]:
@@ -63,6 +74,66 @@ def static_outputs(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
             del data[WIDGET_VIEW]
             if not text.strip() or re.match(r"\s*(interactive|[A-Z]\w*Box|\w+Slider)\(", text):
                 output["data"] = {"text/html": WIDGET_NOTE, "text/plain": "(interactive widget)"}
+    return nb
+
+
+def strip_test_markers(source: str) -> str:
+    """Code without nbval's `# NBVAL_...` lines (and the `# (why)` comment that may follow one)."""
+    return MARKER.sub("", source if source.endswith("\n") else source + "\n").rstrip("\n")
+
+
+def _claims_call(node: ast.stmt) -> bool:
+    call = node.value if isinstance(node, ast.Expr) else None
+    func = call.func if isinstance(call, ast.Call) else None
+    return isinstance(func, ast.Attribute) and getattr(func.value, "id", "") == "claims" and func.attr in CHECK_CALLS
+
+
+def _check_cell_names(source: str) -> set[str] | None:
+    """The names a check cell assigns, or None when the cell is not a check cell: one that makes
+    at least one `claims.expect*` call and otherwise only assigns (the values it checks). An
+    `assert` is the lesson's own check of a formula against the library: such a cell stays."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return None
+    allowed = (ast.Assign, ast.AugAssign, ast.AnnAssign)
+    if not any(_claims_call(n) for n in body) or not all(_claims_call(n) or isinstance(n, allowed) for n in body):
+        return None
+    return {t.id for n in body for t in ast.walk(n) if isinstance(t, ast.Name) and isinstance(t.ctx, ast.Store)}
+
+
+def _names_read(source: str) -> set[str]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+def is_check_cell(source: str) -> bool:
+    """Whether a code cell only checks the prose's numbers (see :func:`_check_cell_names`)."""
+    return _check_cell_names(source) is not None
+
+
+def for_readers(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Take the test rig out of `nb` (in place; see the module docstring); return `nb`.
+
+    A check cell whose assignments a later cell reads stays (the reader would miss them), and so
+    does a worked solution (collapsed in JupyterLab) that checks itself.
+    """
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for k, cell in enumerate(code):
+        names = _check_cell_names(cell.source)
+        solution = cell.metadata.get("jupyter", {}).get("source_hidden")  # a worked solution is lesson
+        if names is not None and not solution and not any(names & _names_read(later.source) for later in code[k + 1 :]):
+            tags = cell.metadata.setdefault("tags", [])
+            if REMOVE_CELL not in tags:
+                tags.append(REMOVE_CELL)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.source = strip_test_markers(cell.source)
+        elif cell.cell_type == "markdown":
+            cell.source = RIG_SENTENCE.sub("", cell.source)
     return nb
 
 
