@@ -111,7 +111,7 @@ bench: setup data
 footprint: setup data
 	$(BIN)/python benchmarks/notebook_footprint.py
 
-# How far each number the notebooks' text states moves across settings (see vae_lib/claims.py).
+# How far each number the notebooks' text states moves across settings (see vae_lib/notebook/claims.py).
 claims: setup data
 	$(BIN)/python benchmarks/claim_spread.py
 

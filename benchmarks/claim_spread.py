@@ -16,7 +16,7 @@ failing claim does not hide the others) under each *setting*, a stand-in for ano
                  SSE4.2 (NEON on aarch64) and OpenBLAS on Prescott (x86_64), from tools/binder.py
                  (its memory limit and cut network change no number, so they are left out here)
 
-Every `vae_lib.claims` check appends the value it computed to a log (VAE_LIB_CLAIMS_LOG).
+Every `vae_lib.notebook.claims` check appends the value it computed to a log (VAE_LIB_CLAIMS_LOG).
 The summary lists, per claim: the stated value and tolerance, the values under each setting,
 the largest distance from the stated value, and how much of the tolerance that uses. A claim
 using more than half its tolerance is flagged: widen the tolerance only if a reader would

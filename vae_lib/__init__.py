@@ -8,15 +8,15 @@ module                    what it holds                                         
 ========================  ==============================================================  ========
 ``data``                  Fashion-MNIST arrays; images -> model input; batches            01
 ``models``                the networks: autoencoder, encoder, decoder, VAE (Flax NNX)     01, 02
-``holes``                 holes in a code space: prior samples far from every code        01, 05
-``objectives``            log-densities, KL, the ELBO, the importance-weighted bound      02
+``holes``                 holes in a code space: prior samples far from every code        01, 05, 06
+``objectives``            log-densities, KL, the ELBO, the importance-weighted bound      02, 05
 ``linear_gaussian``       a latent model solved exactly (posterior, log p(x), ELBO)       02
-``losses``                what training minimises: one function per loss or estimator     01-03
+``losses``                what training minimises: one function per loss or estimator     01-03, 06
 ``estimators``            score-function and pathwise gradients, their exact variances    03
 ``training``              the train state, the step, the fused epoch, ``fit``             04
 ``step_variants``         the same step written other ways, for the speed lesson          04
 ``cost``                  FLOPs of a step, matmul rates, stored benchmark results         04, 07
-``evaluation``            test ELBO; the bound L_k over a whole test set                  05, 06
+``evaluation``            test ELBO; the bound L_k over a whole test set                  01-06
 ``posterior_diagnostics`` rate, distortion, active units, the aggregate posterior         06
 ``gaps``                  approximation and amortization gaps                             06
 ``sharding``              meshes and layouts of arrays over devices                       07

@@ -16,20 +16,24 @@ name, and prints one JSON line last::
      "final_loss": 370.494, "seconds": 26.1, "worker_cpu_s": 24.0, "worker_peak_mb": 520}
 
 The runs match when the parameters after the *first* step differ by at most
-:data:`~vae_lib.distributed.TOLERANCE` (a tenth of one Adam step) and every step's loss by at
-most :data:`~vae_lib.distributed.LOSS_RTOL` relative. Later parameters are reported
+:data:`~vae_lib.distributed.TOLERANCE` (a tenth of one Adam step) and the loss of each of the
+first :data:`~vae_lib.distributed.LOSS_STEPS` steps by at most
+:data:`~vae_lib.distributed.LOSS_RTOL` relative. Later parameters are reported
 (``final_max_abs_diff``) but not held to a tolerance: splitting a sum over devices changes the
 order of float additions, and training amplifies such rounding differences step by step
-(measured: 4e-7 after one step, 4e-3 after 60, 9e-2 after 400, while the losses stayed within
-3e-3 of each other). When they do not match, the launcher exits with status 1.
+(measured: 4e-7 after one step, 4e-3 after 60, 1.9e-2 after 100, 9e-2 after 400, while the
+losses stayed within 1e-3 of each other over 100 steps and 3e-3 over 400). When they do not
+match, the launcher exits with status 1.
 
 Failures end the run with status 1, naming the process and printing its last log lines: a
 process that exits with an error or is killed; a process that writes nothing, not even the
-heartbeat its worker writes every second, for ``--stall-timeout`` seconds (20: a stopped or
-stuck process); a run longer than ``--timeout``. Ctrl-C stops every process and names the
-folder with their logs (status 130). Bad arguments are refused before any process starts
-(status 2). The workers run in a process group of their own, which the launcher ends as a
-whole, and each one is told by the kernel to stop if the launcher itself dies.
+heartbeat its worker writes every second from a thread, for ``--stall-timeout`` seconds (20: a
+stopped process, or one stuck holding the interpreter lock; one waiting in a collective keeps
+beating, and ``--timeout`` or JAX's own heartbeat, about 100 s, ends that); a run longer than
+``--timeout``. Ctrl-C stops every process and names the folder with their logs (status 130).
+Bad arguments are refused before any process starts (status 2). The workers run in a process
+group of their own, which the launcher ends as a whole, and each one is told by the kernel to
+stop if the launcher itself dies. The launcher watches only the processes of its own machine.
 
 **Across machines**: give every machine the coordinator's address (a port on the machine that
 runs process 0) and the processes it runs; ``--real-devices`` uses each machine's GPUs or TPUs
@@ -38,14 +42,18 @@ instead of simulated CPU devices (then there is no one-device comparison). On ma
     python -m vae_lib.cli.launch --processes 2 --real-devices --steps 100 \\
         --coordinator machine-a:12355 --process-ids 0
 
-and on machine B the same with ``--process-ids 1``. What must hold: each machine's host name
-resolves, on that machine, to the address the others reach it at (gloo announces it; a stock
-Debian/Ubuntu ``/etc/hosts`` maps the host name to 127.0.1.1, which another machine cannot
-reach); the coordinator's port on machine A and the TCP ports gloo picks at random are open
-between the machines (a private network without a firewall). On Cloud TPU VMs, under SLURM or
-Open MPI, the workers can also call ``jax.distributed.initialize()`` without arguments, or read
-``JAX_COORDINATOR_ADDRESS`` (:func:`vae_lib.distributed.join`). tests/ checks this path on one
-machine: two network namespaces joined by a veth pair, one process in each.
+and on machine B the same with ``--process-ids 1``. What must hold: every machine has the same
+checkout, environment and data (``make data``); ``machine-a`` resolves on machine B (or give an
+address); each machine's own host name resolves, on that machine, to the address the others
+reach it at (gloo announces it, and JAX has no setting to choose it: a stock Debian/Ubuntu
+``/etc/hosts`` maps the host name to 127.0.1.1, so put the host name on the network address
+there); the coordinator's port on machine A and the TCP ports gloo picks at random are open
+between the machines (a private network without a firewall). On GPUs the collectives go through
+NCCL instead, with network settings of its own (``NCCL_SOCKET_IFNAME``). On Cloud TPU VMs,
+under SLURM or Open MPI, a worker can join with ``jax.distributed.initialize()`` and no
+coordinator (:func:`vae_lib.distributed.join`); this launcher always names one. tests/ checks
+the two-machine path on one machine: two network namespaces joined by a veth pair, each with
+its own host name and hosts file, one process in each.
 """
 
 from __future__ import annotations
