@@ -280,3 +280,11 @@ def test_no_page_of_the_book_keeps_an_nbval_marker(book, tmp_path):
     for page in sorted((src / "notebooks").glob("*.ipynb")):
         nb = nbformat.read(page, as_version=4)
         assert not [c for c in nb.cells if "NBVAL" in c.source], page.name
+
+
+def test_the_landing_page_leaves_out_the_maintainers_section_and_links(book):
+    readme = "# T\n\nSee [the guide](MAINTAINERS.md#tests).\n\n## For maintainers\n\nTests.\n\n"
+    readme += "## Further reading\n\n- A.\n"
+    page = book.landing_page(readme, ["notebooks/01_x"])
+    assert "For maintainers" not in page and "Tests." not in page
+    assert "See the guide." in page and "## Further reading" in page

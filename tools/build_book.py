@@ -41,12 +41,15 @@ REMOTE_IMAGE = re.compile(r"\[!\[([^\]]*)\]\(https?://[^)]*\)\]\(([^)]*)\)|!\[([
 
 
 def landing_page(readme: str, pages: list[str]) -> str:
-    """README.md as the book's index.md: no remote images, and a toctree of `pages`."""
+    """README.md as the book's index.md: no remote images, no maintainers' section, a toctree of `pages`."""
 
     def local(m: re.Match) -> str:
         return f"[{m.group(1)}]({m.group(2)})" if m.group(2) else m.group(3)
 
     text = REMOTE_IMAGE.sub(local, readme)
+    # The book is for learners: the maintainers' section goes, and links to their documents become text.
+    text = re.sub(r"\n## For maintainers\n.*?(?=\n## )", "\n", text, flags=re.S)
+    text = re.sub(r"\[([^\]]*)\]\((?:MAINTAINERS\.md|benchmarks/README\.md)[^)]*\)", r"\1", text)
     toc = "\n".join(["", "```{toctree}", ":hidden:", ":maxdepth: 1", "", *pages, "```", ""])
     return text.rstrip("\n") + "\n" + toc
 
