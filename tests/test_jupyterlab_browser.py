@@ -42,18 +42,13 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from helpers import CHROMIUM_BASE_FLAGS
+from helpers import CHROMIUM_BASE_FLAGS, start_chromium, wait_for
 
 try:
-    from selenium import webdriver
     from selenium.common.exceptions import WebDriverException
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-except ImportError as exc:  # a missing pinned dependency fails the test, it does not skip it
-    webdriver = None
-    SELENIUM_IMPORT_ERROR = exc
-else:
-    SELENIUM_IMPORT_ERROR = None
+except ImportError:  # start_chromium fails the test, saying so
+    WebDriverException = By = None
 
 
 pytestmark = pytest.mark.slow  # minutes: `make unit` leaves it out
@@ -124,18 +119,6 @@ class LabRun:
     images: list[dict]
     saved: nbformat.NotebookNode
     screenshot: Path
-
-
-def _find_browser() -> tuple[str, str]:
-    chromium = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    chromedriver = shutil.which("chromedriver")
-    if not chromium or not chromedriver:
-        missing = [name for name, p in (("chromium", chromium), ("chromedriver", chromedriver)) if not p]
-        pytest.skip(
-            f"no {' or '.join(missing)} on PATH: the JupyterLab browser test needs a system "
-            "browser (Debian: apt-get install -y chromium chromium-driver)"
-        )
-    return chromium, chromedriver
 
 
 def _notebook_source() -> tuple[Path, str]:
@@ -276,18 +259,6 @@ class _LabServer:
         self._log.close()
 
 
-def _wait_for(condition, timeout_s: float, what: str, describe=lambda: ""):
-    """Poll ``condition`` until it returns something truthy; fail with ``what`` if not."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}. {describe()}")
-        time.sleep(0.5)
-
-
 def _click_menu(driver, menu: str, command: str) -> None:
     """Open a main-menu entry (e.g. "Run") and click the item bound to ``command``."""
     labels = driver.find_elements(By.CSS_SELECTOR, "#jp-menu-panel .lm-MenuBar-item")
@@ -295,7 +266,7 @@ def _click_menu(driver, menu: str, command: str) -> None:
     assert entry is not None, f"no {menu!r} menu in the JupyterLab menu bar"
     entry.click()
     selector = f'.lm-Menu .lm-Menu-item[data-command="{command}"]'
-    item = _wait_for(
+    item = wait_for(
         lambda: [e for e in driver.find_elements(By.CSS_SELECTOR, selector) if e.is_displayed()],
         10,
         f"menu item {command!r} under {menu!r}",
@@ -307,9 +278,6 @@ def _click_menu(driver, menu: str, command: str) -> None:
 @pytest.fixture(scope="module")
 def lab_run(tmp_path_factory) -> LabRun:
     """Open the notebook in JupyterLab, Run All Cells from the menu, save from the menu."""
-    chromium, chromedriver = _find_browser()
-    if SELENIUM_IMPORT_ERROR is not None:
-        pytest.fail(f"selenium is not installed (pip install -e '.[test]'): {SELENIUM_IMPORT_ERROR}")
     source_dir, name = _notebook_source()
 
     workdir = tmp_path_factory.mktemp("jupyterlab")
@@ -329,14 +297,7 @@ def lab_run(tmp_path_factory) -> LabRun:
     try:
         server.wait_ready()
 
-        options = webdriver.ChromeOptions()
-        options.binary_location = chromium
-        for flag in CHROMIUM_FLAGS:
-            options.add_argument(flag)
-        options.add_argument(f"--user-data-dir={workdir / 'chromium-profile'}")
-        # With an explicit driver path Selenium never runs Selenium Manager (no download).
-        service = Service(executable_path=chromedriver, log_output=str(workdir / "chromedriver.log"))
-        driver = webdriver.Chrome(service=service, options=options)
+        driver = start_chromium(workdir, CHROMIUM_FLAGS, "JupyterLab browser test")
 
         def state():
             return driver.execute_script(STATE_JS)
@@ -355,7 +316,7 @@ def lab_run(tmp_path_factory) -> LabRun:
             kernel_shown = s["kernel"].strip() not in ("", "No Kernel")
             return s["cells"] > 0 and kernel_shown and s["status"] == "idle" and server.kernel_state(name) == "idle"
 
-        _wait_for(opened, NOTEBOOK_OPEN_TIMEOUT_S, f"{name} to open with an idle kernel", describe)
+        wait_for(opened, NOTEBOOK_OPEN_TIMEOUT_S, f"{name} to open with an idle kernel", describe)
 
         _click_menu(driver, "Run", "runmenu:run-all")
 
@@ -366,11 +327,11 @@ def lab_run(tmp_path_factory) -> LabRun:
             queued = any("*" in p for p in s["prompts"])
             return ran and not queued and s["status"] == "idle" and server.kernel_state(name) == "idle"
 
-        _wait_for(finished, EXECUTION_TIMEOUT_S, "Run All Cells to finish", describe)
+        wait_for(finished, EXECUTION_TIMEOUT_S, "Run All Cells to finish", describe)
 
         saved_before = notebook_path.stat().st_mtime_ns
         _click_menu(driver, "File", "docmanager:save")
-        _wait_for(
+        wait_for(
             lambda: notebook_path.stat().st_mtime_ns != saved_before and state()["dirty"] == 0,
             SAVE_TIMEOUT_S,
             "the notebook to be saved",
@@ -383,7 +344,7 @@ def lab_run(tmp_path_factory) -> LabRun:
             o = driver.execute_script(OUTPUTS_JS)
             return o if all(i["complete"] for i in o["images"]) else None
 
-        outputs = _wait_for(outputs_settled, 10, "output images to load", describe)
+        outputs = wait_for(outputs_settled, 10, "output images to load", describe)
         driver.execute_script(  # show the first figure with the code that drew it
             "const el = document.querySelector('.jp-NotebookPanel .jp-OutputArea-output img');"
             "if (el) el.closest('.jp-Cell').scrollIntoView({block: 'start'});"

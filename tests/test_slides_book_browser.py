@@ -30,7 +30,6 @@ import http.server
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -40,16 +39,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from helpers import CHROMIUM_BASE_FLAGS
-
-try:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-except ImportError as exc:  # a missing pinned dependency fails the test, it does not skip it
-    webdriver = None
-    SELENIUM_IMPORT_ERROR = exc
-else:
-    SELENIUM_IMPORT_ERROR = None
+from helpers import CHROMIUM_BASE_FLAGS, find_browser, start_chromium, wait_for
 
 pytestmark = pytest.mark.slow  # a minute: `make unit` leaves it out
 
@@ -125,49 +115,16 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def _find_browser() -> tuple[str, str]:
-    chromium = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    chromedriver = shutil.which("chromedriver")
-    if not chromium or not chromedriver:
-        missing = [name for name, p in (("chromium", chromium), ("chromedriver", chromedriver)) if not p]
-        pytest.skip(
-            f"no {' or '.join(missing)} on PATH: the slides and book browser test needs a system "
-            "browser (Debian: apt-get install -y chromium chromium-driver)"
-        )
-    return chromium, chromedriver
-
-
-def _wait_for(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.25)
-
-
 class Browser:
     """Chromium at 1280x720 with the network blocked, its requests logged, on a local server."""
 
     def __init__(self, root: Path, workdir: Path):
-        chromium, chromedriver = _find_browser()
-        if SELENIUM_IMPORT_ERROR is not None:
-            pytest.fail(f"selenium is not installed (pip install -e '.[test]'): {SELENIUM_IMPORT_ERROR}")
+        self.driver = start_chromium(workdir, CHROMIUM_FLAGS, "slides and book browser test", logging=True)
         self.served: list[tuple[int, str]] = []
         handler = type("Handler", (_Handler,), {"served": self.served})
         self.server = _Server(("127.0.0.1", 0), partial(handler, directory=str(root)))
         self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        options = webdriver.ChromeOptions()
-        options.binary_location = chromium
-        for flag in CHROMIUM_FLAGS:
-            options.add_argument(flag)
-        options.add_argument(f"--user-data-dir={workdir / 'chromium-profile'}")
-        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-        service = Service(executable_path=chromedriver, log_output=str(workdir / "chromedriver.log"))
-        self.driver = webdriver.Chrome(service=service, options=options)
         self.driver.execute_cdp_cmd(
             "Emulation.setDeviceMetricsOverride",
             {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False},
@@ -177,9 +134,9 @@ class Browser:
 
     def open(self, path: str) -> None:
         self.driver.get(f"{self.base}/{path}")
-        _wait_for(lambda: self.js("return document.readyState") == "complete", 30, f"{path} to load")
+        wait_for(lambda: self.js("return document.readyState") == "complete", 30, f"{path} to load")
         if self.js("return !!document.querySelector('script[src*=\"mathjax/\"]')"):  # a page without math has none
-            _wait_for(
+            wait_for(
                 lambda: self.js("return !!(window.MathJax && MathJax.startup && MathJax.startup.promise)"),
                 30,
                 f"MathJax to start on {path}",
@@ -188,7 +145,7 @@ class Browser:
                 "MathJax.startup.promise.then(() => arguments[arguments.length - 1](true))"
             )
         self.driver.execute_async_script("document.fonts.ready.then(() => arguments[arguments.length - 1](true))")
-        _wait_for(lambda: all(i["complete"] for i in self.images()), 30, f"the images of {path}")
+        wait_for(lambda: all(i["complete"] for i in self.images()), 30, f"the images of {path}")
         self._collect_requests()
 
     def js(self, script: str, *args):
@@ -262,7 +219,7 @@ def built_site_is_current(build: Path = REPO / "build") -> tuple[bool, str]:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """Every deck and the book: those of `make slides` and `make book` when current, else built here."""
-    _find_browser()
+    find_browser("slides and book browser test")  # skip at once where there is no browser
     current, why = built_site_is_current()
     if current and os.environ.get("VAE_SITE_REBUILD") != "1":
         print(f"using build/slides and build/book: {why}")
@@ -423,7 +380,7 @@ def test_jupyterlab_rise_presents_the_slide_copy(site, browser, tmp_path):
             " slides: document.querySelectorAll('.reveal .slides section').length,"
             " math: document.querySelectorAll('mjx-container').length}"
         )
-        state = _wait_for(
+        state = wait_for(
             lambda: (lambda st: st if st["ready"] and st["slides"] else None)(browser.js(state_js)), 90, "RISE"
         )
         assert state["slides"] > 10 and state["math"] > 0, state
