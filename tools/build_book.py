@@ -23,7 +23,6 @@ _static/mathjax/, where the pages load it from.
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import subprocess
@@ -87,12 +86,9 @@ def build(paths: list[Path], out: Path, src: Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("notebooks", nargs="+", type=Path)
-    parser.add_argument("--out", type=Path, default=REPO / "build" / "book")
-    args = parser.parse_args(argv)
+    args = nc.parse_args(__doc__, "book", argv)
     index = build(nc.series(args.notebooks), args.out)
-    print(index.relative_to(REPO) if index.is_relative_to(REPO) else index)
+    print(nc.shown(index))
     return 0
 
 

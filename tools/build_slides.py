@@ -31,7 +31,6 @@ fails when one would have to shrink below 70 %. With VAE_SLIDES_DEBUG=1 each sli
 
 from __future__ import annotations
 
-import argparse
 import base64
 import copy
 import html
@@ -395,10 +394,7 @@ def write_index(decks: list[tuple[Path, str]], out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("notebooks", nargs="+", type=Path)
-    parser.add_argument("--out", type=Path, default=REPO / "build" / "slides")
-    args = parser.parse_args(argv)
+    args = nc.parse_args(__doc__, "slides", argv)
     paths = nc.series(args.notebooks)
     copy_assets(args.out)
     exp = exporter()
@@ -406,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         deck = write_deck(path, args.out, exp)
         decks.append((deck, title(nc.read(path))))
-        print(f"{deck.relative_to(REPO) if deck.is_relative_to(REPO) else deck}")
+        print(nc.shown(deck))
     write_index(decks, args.out)
     link_siblings(paths, args.out)
     return 0

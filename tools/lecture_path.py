@@ -11,13 +11,15 @@ students keep the full notebooks.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import nbformat
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import notebook_copies as nc  # noqa: E402
+
+REPO = nc.REPO
 TAG = "lecture"
 
 
@@ -40,14 +42,11 @@ def write_lecture(path: Path, out_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("notebooks", nargs="+", type=Path)
-    parser.add_argument("--out", type=Path, default=REPO / "build" / "lecture")
-    args = parser.parse_args(argv)
+    args = nc.parse_args(__doc__, "lecture", argv)
     for path in args.notebooks:
         target = write_lecture(path, args.out)
         n = len(lecture_cells(nbformat.read(target, as_version=4)))
-        print(f"{target.relative_to(REPO) if target.is_relative_to(REPO) else target}: {n} cells")
+        print(f"{nc.shown(target)}: {n} cells")
     return 0
 
 

@@ -21,6 +21,7 @@ works on a copy: the committed notebooks are never written.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib.util
 import re
@@ -56,6 +57,19 @@ def series(paths: Iterable[Path]) -> list[Path]:
     if wrong or not paths:
         raise SystemExit(f"not notebooks of the series (notebooks/NN_name.ipynb): {wrong or 'none given'}")
     return paths
+
+
+def parse_args(doc: str, out: str, argv: list[str] | None) -> argparse.Namespace:
+    """The command line every builder takes: notebooks, and ``--out`` (default build/<out>)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("notebooks", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=REPO / "build" / out)
+    return parser.parse_args(argv)
+
+
+def shown(path: Path) -> Path:
+    """A path as a builder prints it: relative to the repository when inside it."""
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
 
 
 def read(path: Path) -> nbformat.NotebookNode:
