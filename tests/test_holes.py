@@ -44,3 +44,13 @@ def test_points_of_another_dimension_than_the_codes_are_refused():
 def test_points_that_are_not_finite_are_refused():
     with pytest.raises(ValueError, match="finite"):
         holes.in_holes(_cloud(), np.array([[np.nan, 0.0]]))
+
+
+def test_neighbour_distances_are_each_codes_distance_to_its_nearest_other_code():
+    codes = np.array([[0.0, 0.0], [3.0, 0.0], [3.0, 4.0]])
+    np.testing.assert_allclose(holes.neighbour_distances(codes), [3.0, 3.0, 4.0])
+
+
+def test_nearest_code_distance_is_each_points_distance_to_the_closest_code():
+    codes = np.array([[0.0, 0.0], [10.0, 0.0]])
+    np.testing.assert_allclose(holes.nearest_code_distance(codes, [[1.0, 0.0], [10.0, 2.0]]), [1.0, 2.0])

@@ -13,7 +13,7 @@ import numpy as np
 from jax.typing import ArrayLike
 from scipy.spatial import KDTree
 
-__all__ = ["hole_radius", "in_holes"]
+__all__ = ["hole_radius", "in_holes", "nearest_code_distance", "neighbour_distances"]
 
 
 def _points(x: ArrayLike, what: str) -> np.ndarray:
@@ -23,8 +23,24 @@ def _points(x: ArrayLike, what: str) -> np.ndarray:
     return a
 
 
+def neighbour_distances(codes: ArrayLike) -> np.ndarray:
+    """Each code's distance to its nearest *other* code, (N,), for (N, D) codes, N >= 2."""
+    codes = _points(codes, "codes")
+    if len(codes) < 2:
+        raise ValueError("neighbour_distances needs at least two codes.")
+    return KDTree(codes).query(codes, k=2)[0][:, 1]
+
+
+def nearest_code_distance(codes: ArrayLike, points: ArrayLike) -> np.ndarray:
+    """Each point's distance to its nearest code, (M,), for (N, D) codes and (M, D) points."""
+    codes, points = _points(codes, "codes"), _points(points, "points")
+    if points.shape[1] != codes.shape[1]:
+        raise ValueError(f"points have {points.shape[1]} dimensions; the codes have {codes.shape[1]} dimensions.")
+    return KDTree(codes).query(points)[0]
+
+
 def hole_radius(codes: ArrayLike, quantile: float = 0.99) -> float:
-    """The `quantile` of each code's distance to its nearest *other* code.
+    """The `quantile` of each code's distance to its nearest *other* code (:func:`neighbour_distances`).
 
     Args:
       codes: (N, D) codes of real images, N >= 2.
@@ -34,11 +50,7 @@ def hole_radius(codes: ArrayLike, quantile: float = 0.99) -> float:
     Returns:
       The radius, in code units.
     """
-    codes = _points(codes, "codes")
-    if len(codes) < 2:
-        raise ValueError("hole_radius needs at least two codes.")
-    nearest_other = KDTree(codes).query(codes, k=2)[0][:, 1]
-    return float(np.quantile(nearest_other, quantile))
+    return float(np.quantile(neighbour_distances(codes), quantile))
 
 
 def in_holes(codes: ArrayLike, points: ArrayLike, radius: float | None = None) -> np.ndarray:
@@ -49,8 +61,5 @@ def in_holes(codes: ArrayLike, points: ArrayLike, radius: float | None = None) -
       points: (M, D) points of the code space (a grid, samples of the prior ...).
       radius: the hole radius; ``hole_radius(codes)`` when None.
     """
-    codes, points = _points(codes, "codes"), _points(points, "points")
-    if points.shape[1] != codes.shape[1]:
-        raise ValueError(f"points have {points.shape[1]} dimensions; the codes have {codes.shape[1]} dimensions.")
     radius = hole_radius(codes) if radius is None else float(radius)
-    return KDTree(codes).query(points)[0] > radius
+    return nearest_code_distance(codes, points) > radius

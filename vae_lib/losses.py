@@ -47,6 +47,7 @@ __all__ = [
     "VAE_BASELINES",
     "autoencoder_loss",
     "beta_vae_loss",
+    "k_samples",
     "leave_one_out_score_loss",
     "pathwise_loss",
     "score_function_loss",
@@ -198,7 +199,7 @@ def _check_num_samples(num_samples: int, least: int = 1) -> int:
     return int(num_samples)
 
 
-def _k_samples(model: nnx.Module, x: jax.Array, key: jax.Array, num_samples: int, reparameterized: bool):
+def k_samples(model: nnx.Module, x: jax.Array, key: jax.Array, num_samples: int, reparameterized: bool):
     """One encoder pass, then K draws of z per image and their decoder log-likelihoods.
 
     Returns ``(mean, logvar, z, log_px)``: mean and logvar (B, L), z (K, B, L), log_px (K, B)
@@ -246,7 +247,7 @@ def pathwise_loss(
     """
     num_samples = _check_num_samples(num_samples)
     model = nnx.merge(graphdef, params)
-    mean, logvar, _, log_px = _k_samples(model, x, key, num_samples, reparameterized=True)
+    mean, logvar, _, log_px = k_samples(model, x, key, num_samples, reparameterized=True)
     metrics = vae_metrics(jnp.mean(log_px, axis=0), kl_to_standard_normal(mean, logvar))
     return metrics["loss"], metrics
 
@@ -287,7 +288,7 @@ def sticking_the_landing_loss(
     """
     num_samples = _check_num_samples(num_samples)
     model = nnx.merge(graphdef, params)
-    mean, logvar, z, log_px = _k_samples(model, x, key, num_samples, reparameterized=True)
+    mean, logvar, z, log_px = k_samples(model, x, key, num_samples, reparameterized=True)
     # the one-sample ELBO with q's parameters held fixed: the path through z stays
     elbo = log_importance_weight(log_px, z, jax.lax.stop_gradient(mean), jax.lax.stop_gradient(logvar))  # (K, B)
     metrics = vae_metrics(jnp.mean(log_px, axis=0), kl_to_standard_normal(mean, logvar))
@@ -329,7 +330,7 @@ def leave_one_out_score_loss(
     """
     num_samples = _check_num_samples(num_samples, least=2)
     model = nnx.merge(graphdef, params)
-    mean, logvar, z, log_px = _k_samples(model, x, key, num_samples, reparameterized=False)
+    mean, logvar, z, log_px = k_samples(model, x, key, num_samples, reparameterized=False)
     baseline = (jnp.sum(log_px, axis=0) - log_px) / (num_samples - 1)  # (K, B), free of z_k
     log_q = gaussian_log_density(z, mean, logvar)  # (K, B): the path to phi is the score
     kl = kl_to_standard_normal(mean, logvar)
