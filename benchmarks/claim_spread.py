@@ -139,7 +139,7 @@ def main() -> int:
     args = parser.parse_args()
     notebooks = sorted(
         p
-        for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")
+        for p in NOTEBOOKS.glob("[0-9][0-9]*_*.ipynb")
         if not args.notebooks or any(p.name.startswith(n) for n in args.notebooks)
     )
     if not args.summarise_only:

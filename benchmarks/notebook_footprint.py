@@ -60,7 +60,7 @@ def main() -> int:
     parser.add_argument("notebooks", nargs="*", help="notebooks to run (default: all in notebooks/)")
     parser.add_argument("--single", action="store_true", help="internal: run the given notebooks, print JSON")
     args = parser.parse_args()
-    paths = [Path(p).resolve() for p in args.notebooks] or sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    paths = [Path(p).resolve() for p in args.notebooks] or sorted(NOTEBOOKS.glob("[0-9][0-9]*_*.ipynb"))
     if args.single:
         for p in paths:
             print(json.dumps(run_one(p)), flush=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
 ABSOLUTE_PATH = re.compile(r"(/work/|/root/|/home/\w+|/Users/\w+|[A-Z]:\\\\|/tmp/ipykernel|site-packages)")
 
 

@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from helpers import REPO, load_script
 
-NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
 # A tag that loads something: <script src>, <link href> (style sheets, icons, preloads), <img src>, ...
 LOADING_TAG = re.compile(r"<(script|link|img|iframe|source|video|audio|embed)\b[^>]*?\b(src|href)=\"([^\"]*)\"", re.I)
 

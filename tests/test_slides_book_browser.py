@@ -45,7 +45,7 @@ pytestmark = pytest.mark.slow  # a minute: `make unit` leaves it out
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts"
-NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
 DECK = "02_vae_and_the_elbo"  # the most equations and figures
 WIDGET_NOTEBOOKS = [p for p in NOTEBOOKS if '"interactive(children' in p.read_text()]
 WIDTH, HEIGHT = 1280, 720

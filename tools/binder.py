@@ -406,7 +406,7 @@ def main() -> int:
         print("\n".join(describe_limits()))
         return 0
     notebooks = args.notebooks or sorted(
-        str(p.relative_to(base / "repo")) for p in (base / "repo" / "notebooks").glob("[0-9][0-9]_*.ipynb")
+        str(p.relative_to(base / "repo")) for p in (base / "repo" / "notebooks").glob("[0-9][0-9]*_*.ipynb")
     )
     return run_notebooks(base, notebooks, args.pytest_args.split())
 

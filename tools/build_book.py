@@ -1,6 +1,6 @@
 """Build the static book of the executed series (what `make book` runs).
 
-    python tools/build_book.py notebooks/[0-9][0-9]_*.ipynb [--out build/book]
+    python tools/build_book.py notebooks/[0-9][0-9]*_*.ipynb [--out build/book]
 
 The book is Sphinx with myst-nb and sphinx-book-theme (configured in book/conf.py): each
 notebook becomes a page with its stored outputs (nothing is re-executed), README.md is the

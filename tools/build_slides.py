@@ -1,6 +1,6 @@
 """Build one reveal.js deck per notebook from its lecture path (what `make slides` runs).
 
-    python tools/build_slides.py notebooks/[0-9][0-9]_*.ipynb [--out build/slides]
+    python tools/build_slides.py notebooks/[0-9][0-9]*_*.ipynb [--out build/slides]
 
 For each notebook `NN_name.ipynb` this writes, under build/slides/ (ignored by git):
 

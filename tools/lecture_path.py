@@ -1,6 +1,6 @@
 """Write the lecture path of each notebook: only the cells tagged `lecture`, outputs kept.
 
-    python tools/lecture_path.py notebooks/0*.ipynb          (what `make lecture` runs)
+    python tools/lecture_path.py notebooks/[0-9][0-9]*_*.ipynb          (what `make lecture` runs)
 
 Every notebook of the series tags the cells of a 75-minute lecture with the cell tag
 `lecture`; the other cells are for self-study. This writes, for each notebook given, a copy
