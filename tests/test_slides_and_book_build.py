@@ -137,17 +137,127 @@ def test_markdown_is_cut_at_paragraphs_never_inside_fences_math_or_details(slide
     assert [b.split(".")[0] for b in slides.markdown_blocks(long_list)] == ["1", "2", "3", "4", "5"]
 
 
-def test_lecture_cells_become_slides_and_the_rest_is_skipped(slides):
+def test_lecture_cells_without_slide_text_are_cut_as_before_and_the_rest_is_skipped(slides):
     nb = slides.slide_notebook(_notebook())
     kinds = _kinds(nb)
-    assert kinds[0] == ("slide", "# 01 · A title")
-    assert kinds[1] == ("skip", "import numpy as np")
-    assert kinds[2] == ("slide", "## 1. A section")
+    assert kinds[0] == ("slide", "# 01 · A title")  # the title slide the builder writes
+    assert ("skip", "import numpy as np") in kinds
+    assert ("slide", "## 1. A section") in kinds
     assert sum(k == "subslide" for k, s in kinds if s.startswith("A sentence")) >= 2  # the long run is cut
     assert ("subslide", "### 1.1 A subsection") in kinds
     assert [k for k, s in kinds if "NBVAL" in s] == ["notes"]  # about the tests: a speaker note, not a slide
     assert all(k == "skip" for k, s in kinds if s.startswith(("## Exercises", "answer", "explorer", "fit(")))
     assert nb.metadata["rise"]["width"] == 1280 and nb.metadata["rise"]["height"] == 720
+
+
+# ------------------------------------------------------------------ slides written for the projector
+def _written(*cells):
+    """A notebook: a title cell with the two lines the title slide shows, then `cells`."""
+    v4 = nbformat.v4
+    first = "# 03 · Estimators\n\nIntro.\n\n**Reading time**: about 50 minutes\n\n**What you need to know**: the ELBO."
+    title = _lecture(v4.new_markdown_cell(first))
+    title.metadata["slide"] = ""
+    return v4.new_notebook(cells=[title, *cells])
+
+
+def _md(text, slide):
+    cell = _lecture(nbformat.v4.new_markdown_cell(text))
+    cell.metadata["slide"] = slide
+    return cell
+
+
+def _shown(nb):
+    return [c for c in nb.cells if c.metadata["slideshow"]["slide_type"] not in ("skip", "notes")]
+
+
+def test_a_slide_shows_its_slide_text_under_the_cell_s_heading_and_the_cell_becomes_its_notes(slides):
+    cell = _md("## 2. The bound\n\nA long paragraph a lecturer says.", "$$\\log p(x) \\ge \\mathcal{L}$$")
+    nb = slides.slide_notebook(_written(cell))
+    kinds = [(c.metadata["slideshow"]["slide_type"], c.source) for c in nb.cells]
+    k = kinds.index(("slide", "## 2. The bound\n\n$$\\log p(x) \\ge \\mathcal{L}$$"))
+    assert kinds[k + 1] == ("notes", cell.source)
+    assert "slide" not in nb.cells[k].metadata  # the copy carries what the deck shows, not the metadata
+
+
+def test_a_list_of_slide_text_becomes_one_slide_built_up_in_fragments(slides):
+    nb = slides.slide_notebook(_written(_md("Derivation.", ["$$a = b$$", "$$b = c$$", "So $a = c$."])))
+    kinds = [(c.metadata["slideshow"]["slide_type"], c.source) for c in nb.cells]
+    start = kinds.index(("slide", "$$a = b$$"))
+    assert kinds[start + 1] == ("notes", "Derivation.")  # notes before the steps, never inside one
+    assert kinds[start + 2 :] == [("fragment", "$$b = c$$"), ("fragment", "So $a = c$.")]
+
+
+def test_empty_slide_text_adds_the_cell_to_the_notes_of_the_slide_before(slides):
+    nb = slides.slide_notebook(_written(_md("## 1. One", "First."), _md("More to say.", "")))
+    kinds = [(c.metadata["slideshow"]["slide_type"], c.source) for c in nb.cells]
+    assert kinds[-3:] == [("slide", "## 1. One\n\nFirst."), ("notes", "## 1. One"), ("notes", "More to say.")]
+
+
+def test_code_without_output_is_skipped_and_code_with_output_is_shown(slides):
+    quiet = _lecture(nbformat.v4.new_code_cell("x = 1"))
+    loud = _lecture(nbformat.v4.new_code_cell("x"))
+    loud.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "1"}, execution_count=1)]
+    nb = slides.slide_notebook(_written(_md("## 1. One", "First."), quiet, loud))
+    kinds = {c.source: c.metadata["slideshow"]["slide_type"] for c in nb.cells}
+    assert kinds["x = 1"] == "skip" and kinds["x"] == "-"
+
+
+def _figure_cell(width, height):
+    cell = _lecture(nbformat.v4.new_code_cell("plt.plot(x)"))
+    cell.outputs = [nbformat.v4.new_output("display_data", data={"image/png": _png(width, height)})]
+    return cell
+
+
+def test_a_figure_that_fits_under_short_text_stays_there_at_least_at_its_natural_size(slides):
+    nb = slides.slide_notebook(_written(_md("## 1. One", "A short statement."), _figure_cell(600, 300)))
+    figure = next(c for c in nb.cells if c.source == "plt.plot(x)")
+    size = figure.outputs[0].metadata["image/png"]
+    assert figure.metadata["slideshow"]["slide_type"] == "-" and size["width"] >= 600
+
+
+def test_a_figure_with_no_room_left_gets_a_slide_of_its_own_and_fills_its_height(slides):
+    nb = slides.slide_notebook(_written(_md("## 1. One", "A short statement."), _figure_cell(900, 600)))
+    figure = next(c for c in nb.cells if c.source == "plt.plot(x)")
+    size = figure.outputs[0].metadata["image/png"]
+    assert figure.metadata["slideshow"]["slide_type"] == "slide"
+    assert 600 < size["height"] <= slides.LINES_PER_SLIDE * slides.LINE_PX and size["width"] <= slides.FIGURE_MAX_W
+
+
+def test_the_title_slide_gives_the_length_the_reading_time_and_what_to_know(slides):
+    nb, numbers = slides.plan(_written(_md("## 1. One", "First.")))
+    title = nb.cells[0].source
+    assert title.startswith("# 03 · Estimators") and f"about {numbers['minutes']:.0f} minutes" in title
+    assert f"{numbers['slides']} slides" in title and "about 50 minutes" in title and "the ELBO." in title
+    assert numbers["slides"] == 2  # the title slide and slide 1
+
+
+def test_a_title_cell_without_those_lines_still_gives_a_title_slide(slides):
+    nb = nbformat.v4.new_notebook(cells=[_md("# 05 · A title\n\nIntro.", "")])
+    title = slides.slide_notebook(nb).cells[0].source
+    assert title.startswith("# 05 · A title") and "**Lecture**: about" in title and "need to know" not in title
+
+
+def test_the_numbers_follow_the_estimate_of_the_lecture_path_checker(slides):
+    lp = load_script("tools/lecture_path.py")
+    nb = _written(_md("## 1. One", "First."), _figure_cell(600, 300))
+    numbers = slides.deck_numbers(nb)
+    words = sum(lp.spoken_words(c.source) for c in nb.cells if c.cell_type == "markdown")
+    assert numbers["figures_and_tables"] == 1 and numbers["notes_words"] == words
+    assert numbers["minutes"] == pytest.approx(lp.minutes(words, 1, numbers["slides"]))
+
+
+def test_the_index_lists_each_deck_with_its_length_slides_and_handout(slides, tmp_path):
+    deck = tmp_path / "01_a.slides.html"
+    (tmp_path / "01_a.pdf").write_bytes(b"%PDF-1.4")
+    page = slides.write_index([(deck, "01 · A", {"minutes": 61.6, "slides": 40})], tmp_path).read_text()
+    assert 'href="01_a.slides.html"' in page and "about 62 min" in page and "<td>40</td>" in page
+    assert 'href="01_a.pdf"' in page
+
+
+def test_without_chromium_the_handouts_are_skipped_with_one_line(slides, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(slides, "find_chromium", lambda: None)
+    assert slides.write_pdfs([tmp_path / "01_a.slides.html"], tmp_path) == []
+    assert capsys.readouterr().out.strip().endswith("PDF handouts skipped")
 
 
 def test_code_is_hidden_where_the_output_is_the_point_and_figures_are_sized(slides):
@@ -208,12 +318,13 @@ def test_the_deck_loads_only_local_files(slides, tmp_path):
     path = tmp_path / "01_a_title.ipynb"
     nbformat.write(_notebook(), path)
     slides.copy_assets(tmp_path)
-    html = slides.write_deck(path, tmp_path).read_text()
+    html = slides.write_deck(path, tmp_path)[0].read_text()
     assert not _remote_loads(html), _remote_loads(html)
     for src in ("reveal.js/dist/reveal.js", "reveal.js/plugin/notes/notes.js", "mathjax/tex-chtml-full.js"):
         assert f'src="{src}"' in html and (tmp_path / src).is_file()
     assert (tmp_path / "reveal.js/dist/theme/white.css").is_file()
     assert "01_a_title.slides.html" not in html and 'href="02_next.slides.html"' in html
+    assert 'navigationMode: "linear"' in html and "RevealNotes" in html  # every slide by arrow; speaker view
 
 
 def test_the_book_loads_only_local_files(book, tmp_path):

@@ -1,24 +1,48 @@
 """Build one reveal.js deck per notebook from its lecture path (what `make slides` runs).
 
-    python tools/build_slides.py notebooks/[0-9][0-9]*_*.ipynb [--out build/slides]
+    python tools/build_slides.py notebooks/[0-9][0-9]*_*.ipynb [--out build/slides] [--no-pdf]
+
+A notebook's lecture path is its cells tagged `lecture`, in order (tools/lecture_path.py checks
+that it stands alone). Each tagged markdown cell carries the text the projector shows in its
+metadata, `cell.metadata["slide"]`, kept in the notebook so that it is reviewed with it:
+
+- a string: one slide, that markdown (a short statement, a key equation, a few bullets);
+- a list of strings: one slide built up step by step, one item per key press (reveal.js
+  fragments; derivations and bullets);
+- "" (empty): no slide of its own; the cell's text goes to the speaker notes of the slide before.
+
+A cell that starts with a heading line keeps it as the slide's title. The cell's whole markdown
+becomes the speaker notes of its slide (reveal.js: `S`), so the full argument is at hand. A tagged
+markdown cell without `slide` metadata is cut into slides as before the metadata existed: at its
+headings and, where too long for one slide, at paragraph breaks (its own text on the slide).
+
+A tagged code cell without output is skipped (it still runs in the live copy). One with output
+shows it: the input is hidden where the output is the point (a figure, code that mostly prints,
+or more than 12 lines), `# NBVAL_...` marker lines are left out of the code shown. An output
+stays on the slide before when it fits there with its figures at least at their natural size
+(fonts as drawn: vae_lib.notebook.plotting draws at 14 pt), else it gets a slide of its own
+and its figures fill the slide. Code is shown at 20 px and printed output at 18 px (long lines
+wrap); tables at 22 px.
+
+The deck starts with a title slide: the notebook's title, the lecture's estimated length and
+slide count (tools/lecture_path.py: the estimate) and the first cell's `**Reading time**` and
+`**What you need to know**` lines. Navigation is linear: the right arrow and space visit every
+slide and fragment in order.
 
 For each notebook `NN_name.ipynb` this writes, under build/slides/ (ignored by git):
 
-- `NN_name.ipynb`, a copy of the whole notebook with `slideshow` metadata: every cell not
-  tagged `lecture` is skipped; a `#`/`##` heading starts a slide, a `###` heading a sub-slide,
-  and a lecture cell too long for one 1280x720 slide is cut at paragraph breaks (a long list
-  between its items) into sub-slides. Code whose output is the point (a figure, code that
-  mostly prints, or more than 12 lines that print something) has its input hidden; code and
-  printed output too wide for the slide get smaller type; `# NBVAL_...` marker lines are left
-  out of the code shown, and a paragraph about them becomes a speaker note. jupyterlab-rise
-  presents this copy live in JupyterLab (README, "For lecturers").
+- `NN_name.ipynb`, a copy of the whole notebook with `slideshow` metadata (cells off the path
+  skipped); jupyterlab-rise presents it live in JupyterLab (README, "For lecturers");
 - `NN_name.slides.html`, the deck nbconvert's SlidesExporter makes of that copy with
-  tools/slides_template/ (every script local; slide size, type, figures sized to fit).
+  tools/slides_template/ (every script local; slide size, type, figures sized to fit);
+- `NN_name.pdf`, the handout: the deck's print view (`?print-pdf`, one page a slide, fragments
+  shown) printed by headless Chromium (chromium, chromium-browser or google-chrome on PATH);
+  skipped, saying so, where none is installed or with --no-pdf;
 
 and, once, `reveal.js/` (from the PyPI package sphinx-revealjs), `mathjax/` (MathJax 3, from the
-PyPI package django-static-mathjax), `index.html` (a list of the decks) and `rise.css` (the
-type sizes jupyterlab-rise uses for the copies). No tag in a deck loads
-anything from the network; the figures are embedded in the HTML. Where a copy's code reads
+PyPI package django-static-mathjax), `index.html` (the decks with their length, slide count and
+handout) and `rise.css` (the type sizes jupyterlab-rise uses for the copies). No tag in a deck
+loads anything from the network; the figures are embedded in the HTML. Where a copy's code reads
 `../NAME/` (notebook 04 reads ../benchmarks/results/), build/NAME links to the repository's
 folder, so the copies also run in place.
 
@@ -31,15 +55,21 @@ fails when one would have to shrink below 70 %. With VAE_SLIDES_DEBUG=1 each sli
 
 from __future__ import annotations
 
+import argparse
 import base64
 import copy
+import functools
 import html
+import http.server
 import math
 import os
 import re
 import shutil
 import struct
+import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import nbformat
@@ -47,11 +77,12 @@ from nbconvert import SlidesExporter
 from nbconvert.preprocessors import TagRemovePreprocessor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lecture_path as lp  # noqa: E402
 import notebook_copies as nc  # noqa: E402
 
 REPO = nc.REPO
 TEMPLATE_DIR = Path(__file__).resolve().parent / "slides_template"
-TAG = "lecture"
+TAG = lp.TAG
 DEBUG = bool(os.environ.get("VAE_SLIDES_DEBUG"))
 HIDE_INPUT = "remove-input"  # the tag nbconvert's TagRemovePreprocessor is given (and myst-nb knows)
 
@@ -61,14 +92,14 @@ SLIDE_W, SLIDE_H = 1280, 720
 LINE_PX = 35.0
 LINES_PER_SLIDE = 19.0  # of the 720 px: margins, the padding of the cells, a little slack
 CHARS_PER_LINE = 100  # prose across the 1200 px text width
-FIGURE_MAX_W, FIGURE_MAX_H, FIGURE_UPSCALE = 1180, 540, 1.35
-MIN_SHRINK = 0.8  # a figure shrinks to this much of its size to stay on the slide, else starts its own
-CODE_LINE, OUTPUT_LINE = 0.72, 0.64  # a line of code (20 px), of printed output (18 px), in lines
-OUTPUT_MAX_LINES = 14  # longer printed output scrolls inside its box (deck.css)
-OUTPUT_CHARS = 113  # characters of printed output across the slide (longer lines wrap)
-# Characters across the slide for code and printed output at their three type sizes (deck.css:
-# the default, then the tags deck-code-s / -xs and deck-output-s / -xs).
-WIDTHS = {"code": (100, 112, 124), "output": (113, 136, 164)}
+FIGURE_MAX_W = 1180  # a figure's width on the slide, at most
+FIGURE_UPSCALE = 1.35  # a figure beside text is enlarged up to this much ...
+FIGURE_ALONE_UPSCALE = 2.0  # ... and one on its own slide up to this much, to fill the slide
+MIN_FIGURE_SCALE = 1.0  # smaller than its natural size, a figure goes on a slide of its own
+CODE_LINE, OUTPUT_LINE = 0.75, 0.67  # a line of code (20 px), of printed output (18 px), in lines
+TABLE_ROW = 1.0  # a row of a table at 22 px, in lines
+OUTPUT_MAX_LINES = 16  # longer printed output scrolls inside its box (deck.css)
+CODE_CHARS, OUTPUT_CHARS = 100, 113  # characters across the slide at 20 and 18 px (longer lines wrap)
 CODE_SHOWN_MAX = 12  # longer code that prints something is hidden: its output is the point
 LONG_LIST = 7  # a list longer than this many lines may be cut between its items
 
@@ -77,6 +108,7 @@ HEADING = re.compile(r"^(#{1,6})\s")
 ITEM = re.compile(r"^\s*([-*+]|\d+[.)])\s")
 LINK_TEXT = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 INLINE_MATH = re.compile(r"\$([^$]+)\$")
+MD_TABLE = re.compile(r"^\s*\|.*\|\s*$\n^\s*\|[\s:|-]+\|\s*$", re.M)  # a header row and its rule
 
 
 def is_lecture(cell) -> bool:
@@ -170,123 +202,302 @@ def _png_size(data) -> tuple[int, int]:
     return struct.unpack(">II", raw[16:24])
 
 
-def _output_lines(cell, shrink: float = 1.0) -> tuple[float, float]:
-    """Lines the outputs take (all, and the figures' share), their figures scaled by `shrink`;
-    each figure is given that display size (its output metadata, which nbconvert writes out)."""
-    total = figures = 0.0
+def _wrapped(text: str, chars: int) -> int:
+    return sum(max(1, math.ceil(len(line) / chars)) for line in text.rstrip("\n").split("\n"))
+
+
+def _html_table_rows(html_text: str) -> int:
+    return len(re.findall(r"<tr\b", html_text))
+
+
+def _measure_outputs(cell) -> tuple[float, list[tuple[int, int]]]:
+    """The lines a code cell's outputs take apart from figures, and its figures' pixel sizes."""
+    lines, figures = 0.0, []
+    for output in cell.get("outputs", []):
+        data = output.get("data", {})
+        if "image/png" in data:
+            figures.append(_png_size(data["image/png"]))
+        elif "text/html" in data:
+            text = "".join(data["text/html"])
+            rows = _html_table_rows(text)
+            lines += TABLE_ROW * rows + 0.6 if rows else 1.5
+        else:
+            text = "".join(output.get("text") or data.get("text/plain", "") or output.get("traceback", ""))
+            lines += OUTPUT_LINE * min(OUTPUT_MAX_LINES, _wrapped(text, OUTPUT_CHARS)) + 0.5
+    return lines, figures
+
+
+def _figure_scale(figures: list[tuple[int, int]], room_lines: float, upscale: float) -> float:
+    """The one scale for a cell's figures (stacked) that fits `room_lines` of height."""
+    if not figures:
+        return upscale
+    height = room_lines * LINE_PX - 0.3 * LINE_PX * len(figures)
+    return min(upscale, FIGURE_MAX_W / max(w for w, _ in figures), height / sum(h for _, h in figures))
+
+
+def _size_figures(cell, scale: float) -> float:
+    """Give each figure of `cell` its display size at `scale` (output metadata, which nbconvert
+    writes out as the image's width and height); return the lines they take."""
+    lines = 0.0
     for output in cell.get("outputs", []):
         data = output.get("data", {})
         if "image/png" in data:
             w, h = _png_size(data["image/png"])
-            scale = shrink * min(FIGURE_UPSCALE, FIGURE_MAX_W / w, FIGURE_MAX_H / h)
             output.setdefault("metadata", {})["image/png"] = {"width": round(w * scale), "height": round(h * scale)}
-            figures += h * scale / LINE_PX + 0.3
-        elif "text/html" in data:
-            total += 1.5
-        else:
-            text = "".join(output.get("text") or data.get("text/plain", ""))
-            wrapped = sum(max(1, math.ceil(len(line) / OUTPUT_CHARS)) for line in text.rstrip("\n").split("\n"))
-            total += OUTPUT_LINE * min(OUTPUT_MAX_LINES, wrapped) + 0.5
-    return total + figures, figures
+            lines += h * scale / LINE_PX + 0.3
+    return lines
 
 
-def _output_width(outputs) -> int:
-    texts = ["".join(o.get("text") or o.get("data", {}).get("text/plain", "")) for o in outputs]
-    return max((len(line) for t in texts for line in t.splitlines()), default=0)
+def _tables_shown(cell) -> int:
+    """Tables a shown cell puts on the slide: HTML tables in its outputs, markdown tables in its text."""
+    if cell.cell_type == "markdown":
+        return len(MD_TABLE.findall(cell.source))
+    return sum(bool(_html_table_rows("".join(o.get("data", {}).get("text/html", "")))) for o in cell.get("outputs", []))
 
 
-def _width_tags(kind: str, width: int) -> list[str]:
-    """A tag for a cell whose widest line of code or output needs smaller type (deck.css)."""
-    normal, small, _ = WIDTHS[kind]
-    if width <= normal:
-        return []
-    return [f"deck-{kind}-{'s' if width <= small else 'xs'}"]  # past the smallest, lines wrap
+def _figures_shown(cell) -> int:
+    return sum("image/png" in o.get("data", {}) for o in cell.get("outputs", [])) if cell.cell_type == "code" else 0
+
+
+# ------------------------------------------------------------------ the plan of a deck
+class Slide:
+    """One slide: its cells (the first starts it), the lines they use, whether it was written for
+    the projector (`slide` metadata) or cut from a cell's text by estimate, and its speaker notes."""
+
+    def __init__(self, kind: str, cells: list, lines: float, written: bool):
+        self.kind, self.cells, self.lines, self.written = kind, cells, lines, written
+        self.notes: list[str] = []
+
+
+class Deck:
+    """The slides of one notebook as they are planned, and the notebook's cells in order (the copy
+    keeps every cell; cells off the path are skipped)."""
+
+    def __init__(self):
+        self.slides: list[Slide] = []
+        self.stream: list = []  # cells, and each Slide right after its first cell (its notes go there)
+
+    @property
+    def current(self) -> Slide | None:
+        return self.slides[-1] if self.slides else None
+
+    def room(self) -> float:
+        return LINES_PER_SLIDE - (self.current.lines if self.current else LINES_PER_SLIDE)
+
+    def start(self, cell, kind: str, lines: float, written: bool) -> None:
+        _slide_type(cell, kind)
+        self.slides.append(Slide(kind, [cell], lines, written))
+        self.stream += [cell, self.slides[-1]]
+
+    def join(self, cell, lines: float, kind: str = "-") -> None:
+        _slide_type(cell, kind)
+        self.current.cells.append(cell)
+        self.current.lines += lines
+        self.stream.append(cell)
+
+    def note(self, text: str) -> None:
+        self.current.notes.append(text)
+
+    def skip(self, cell) -> None:
+        _slide_type(cell, "skip")
+        self.stream.append(cell)
+
+    def cells(self) -> list:
+        """The copy's cells: each slide's notes right after its first cell (reveal.js shows notes
+        inside a fragment only while that fragment is current)."""
+        out = []
+        for entry in self.stream:
+            if not isinstance(entry, Slide):
+                out.append(entry)
+                continue
+            first = entry.cells[0]
+            for k, text in enumerate(entry.notes):
+                notes = nbformat.v4.new_markdown_cell(text, metadata={"slideshow": {"slide_type": "notes"}})
+                notes.id = f"{first.get('id', 'cell')[:48]}-notes{k}"
+                out.append(notes)
+            if DEBUG:  # the estimate, as data-lines on the slide's <section>, to compare with the browser
+                first.metadata["slideshow"]["data"] = {"lines": f"{entry.lines:.1f}"}
+        return out
 
 
 def _slide_type(cell, kind: str) -> None:
     cell.metadata["slideshow"] = {"slide_type": kind}
 
 
-def slide_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """A copy of `nb` with slideshow metadata, lecture cells cut to slides (see the module doc)."""
+def _piece(cell, source: str, suffix: str):
+    """A markdown cell of the copy made from part of `cell` (same tags, a stable id)."""
+    metadata = copy.deepcopy(cell.metadata)
+    metadata.pop(lp.SLIDE_KEY, None)
+    piece = nbformat.v4.new_markdown_cell(source, metadata=metadata)
+    piece.id = f"{cell.get('id', 'cell')[:48]}-{suffix}"
+    return piece
+
+
+def _text_block_lines(source: str) -> float:
+    return sum(block_lines(b) for b in markdown_blocks(source))
+
+
+def _add_written(deck: Deck, cell, text, title: bool = True) -> None:
+    """A cell with `slide` metadata: its slide (fragments for a list), its text as notes. The
+    title cell (`title` False) has its heading and notes on the title slide already."""
+    items = [text] if isinstance(text, str) else [t for t in text if t.strip()]
+    heading = lp.heading_line(cell.source) if title else None
+    if not heading and not any(t.strip() for t in items):  # "": notes to the slide before
+        if title:
+            deck.note(cell.source)
+        return
+    first = "\n\n".join(x for x in (heading, items[0] if items else "") if x)
+    deck.start(_piece(cell, first, "slide"), "slide", _text_block_lines(first), written=True)
+    if title:
+        deck.note(cell.source)
+    for k, item in enumerate(items[1:], start=1):
+        deck.join(_piece(cell, item, f"step{k}"), _text_block_lines(item), kind="fragment")
+
+
+def _add_cut(deck: Deck, cell, source: str) -> None:
+    """A tagged markdown cell without `slide` metadata: its own text, cut to fit (the behaviour
+    before the metadata existed)."""
+    groups: list[list[str]] = []  # blocks that go on one slide together, one cell each
+    for block in markdown_blocks(source):
+        m = HEADING.match(block)
+        starts = m is not None and len(m.group(1)) <= 3
+        # A heading stays with what follows it; an equation, text going on with a small letter
+        # ("where ..."), or what a line ending in ":" announces, stays with the text before it,
+        # if they fit on one slide together.
+        glue = groups and (
+            HEADING.match(groups[-1][-1])
+            or (
+                (block.startswith("$$") or block[:1].islower() or groups[-1][-1].rstrip().endswith(":"))
+                and sum(map(block_lines, groups[-1] + [block])) <= LINES_PER_SLIDE
+            )
+        )
+        if starts or not glue:
+            groups.append([block])
+        else:
+            groups[-1].append(block)
+    for k, group in enumerate(groups):
+        text = "\n\n".join(group)
+        piece = _piece(cell, text, str(k))
+        m = HEADING.match(group[0])
+        if "NBVAL" in text and m is None:
+            deck.note(text)  # how the tests treat a cell: speaker notes, not a slide
+            continue
+        lines = sum(block_lines(b) for b in group)
+        level = len(m.group(1)) if m else None
+        current = deck.current
+        if level is not None and level <= 2:
+            deck.start(piece, "slide", lines, written=False)
+        elif level == 3 or current.written or current.lines + lines > LINES_PER_SLIDE:
+            deck.start(piece, "slide" if current.written else "subslide", lines, written=False)
+        else:
+            deck.join(piece, lines)
+
+
+def _add_code(deck: Deck, cell) -> None:
+    """A tagged code cell: skipped without output; else its output on the slide before when it
+    fits there (figures at least at their natural size), or on a slide of its own."""
+    if not lp.has_output(cell):
+        deck.skip(cell)
+        return
+    cell.source = nc.strip_test_markers(cell.source)
+    code_lines = cell.source.splitlines()
+    n_code = len(code_lines)
+    has_figure = any("image/png" in o.get("data", {}) for o in cell.outputs)
+    printing = sum(line.lstrip().startswith("print(") for line in code_lines) >= n_code / 2
+    if has_figure or n_code > CODE_SHOWN_MAX or printing:
+        cell.metadata.setdefault("tags", []).append(HIDE_INPUT)
+        cell.metadata.setdefault("jupyter", {})["source_hidden"] = True  # JupyterLab, and so RISE
+        code = 0.0
+    else:
+        code = CODE_LINE * sum(max(1, math.ceil(len(line) / CODE_CHARS)) for line in code_lines) + 0.6
+    other, figures = _measure_outputs(cell)
+    room = deck.room() - code - other
+    scale = _figure_scale(figures, room, FIGURE_UPSCALE)
+    if room > 0 and scale >= MIN_FIGURE_SCALE:
+        deck.join(cell, code + other + _size_figures(cell, scale))
+        return
+    scale = _figure_scale(figures, LINES_PER_SLIDE - code - other, FIGURE_ALONE_UPSCALE)
+    kind = "slide" if deck.current.written else "subslide"
+    deck.start(cell, kind, code + other + _size_figures(cell, max(scale, 0.3)), written=deck.current.written)
+
+
+# ------------------------------------------------------------------ the title slide
+def _first_lines(markdown: str, label: str) -> str | None:
+    """The text after `**label**` in `markdown`: the rest of its line and what continues it, or the
+    list right under it; None where the label is absent."""
+    lines = markdown.splitlines()
+    for k, line in enumerate(lines):
+        m = re.match(rf"^\s*\*\*{re.escape(label)}\*\*\s*:?\s*(.*)$", line, re.I)
+        if not m:
+            continue
+        out = [m.group(1)] if m.group(1).strip() else []
+        for nxt in lines[k + 1 :]:
+            if not nxt.strip() or (out and nxt.lstrip().startswith("**")) or (not out and not ITEM.match(nxt)):
+                break
+            out.append(nxt)
+        return "\n".join(out).strip() or None
+    return None
+
+
+def title_cell() -> nbformat.NotebookNode:
+    """The deck's title slide (filled in by :func:`_fill_title` once the deck is planned)."""
+    cell = nbformat.v4.new_markdown_cell("", metadata={"tags": [TAG, "deck-title"]})
+    cell.id = "deck-title"
+    return cell
+
+
+def _fill_title(cell, title: str, first_source: str, numbers: dict) -> None:
+    parts = [f"# {title}", f"**Lecture**: about {numbers['minutes']:.0f} minutes, {numbers['slides']} slides"]
+    reading = _first_lines(first_source, "Reading time")
+    if reading:
+        parts.append(f"**Reading time** of the notebook: {reading}")
+    know = _first_lines(first_source, "What you need to know")
+    if know:
+        parts.append(f"**What you need to know**:{chr(10) if ITEM.match(know) else ' '}{know}")
+    cell.source = "\n\n".join(parts)
+
+
+# ------------------------------------------------------------------ the copy
+def plan(nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, dict]:
+    """The slide copy of `nb` (see the module docstring) and the deck's numbers: slides, figures
+    and tables shown, words of speaker notes, estimated minutes."""
     if not any(is_lecture(c) for c in nb.cells):
         raise SystemExit(f"no cell is tagged {TAG!r}: nothing to put on slides")
     nb = nc.static_outputs(copy.deepcopy(nb))
-    cells = []
-    used = 0.0  # lines used on the current slide
-    first = None  # the cell that starts it
-
-    def add(cell, lines: float, heading: int | None = None) -> None:
-        nonlocal used, first
-        if heading is not None and heading <= 2:
-            kind, used = "slide", lines
-        elif heading == 3 or used + lines > LINES_PER_SLIDE:
-            kind, used = "subslide", lines
-        else:
-            kind, used = "-", used + lines
-        _slide_type(cell, kind)
-        cells.append(cell)
-        first = cell if kind != "-" or first is None else first
-        if DEBUG:  # the estimate, as data-lines on the slide's <section>, to compare with the browser
-            first.metadata["slideshow"]["data"] = {"lines": f"{used:.1f}"}
-
+    deck = Deck()
+    name = title(nb)
+    first = next(c for c in nb.cells if is_lecture(c))
+    is_title = first.cell_type == "markdown" and lp.heading_line(first.source) is not None
+    title_slide = title_cell()
+    deck.start(title_slide, "slide", 6.0, written=True)
+    notes_words = 0
     for cell in nb.cells:
         if not is_lecture(cell):
-            _slide_type(cell, "skip")
-            cells.append(cell)
+            deck.skip(cell)
         elif cell.cell_type == "markdown":
-            blocks = markdown_blocks(cell.source)
-            groups: list[list[str]] = []  # blocks that go on one slide together, one cell each
-            for block in blocks:
-                m = HEADING.match(block)
-                starts = m is not None and len(m.group(1)) <= 3
-                # A heading stays with what follows it; an equation, text going on with a small
-                # letter ("where ..."), or what a line ending in ":" announces, stays with the text
-                # before it, if they fit on one slide together.
-                glue = groups and (
-                    HEADING.match(groups[-1][-1])
-                    or (
-                        (block.startswith("$$") or block[:1].islower() or groups[-1][-1].rstrip().endswith(":"))
-                        and sum(map(block_lines, groups[-1] + [block])) <= LINES_PER_SLIDE
-                    )
-                )
-                if starts or not glue:
-                    groups.append([block])
+            notes_words += lp.spoken_words(cell.source)
+            text = lp.slide_text(cell)
+            if cell is first and is_title:  # the title slide has its heading; its text is the notes
+                deck.note(cell.source)
+                if text is None:  # the rest of its text, cut to fit
+                    _add_cut(deck, cell, cell.source.lstrip("\n").partition("\n")[2])
                 else:
-                    groups[-1].append(block)
-            for k, group in enumerate(groups):
-                text = "\n\n".join(group)
-                piece = nbformat.v4.new_markdown_cell(text, metadata=copy.deepcopy(cell.metadata))
-                if "id" in cell:
-                    piece.id = f"{cell.id[:56]}-{k}"  # the same ids on every build
-                m = HEADING.match(group[0])
-                if "NBVAL" in text and m is None:
-                    _slide_type(piece, "notes")  # how the tests treat a cell: speaker notes, not a slide
-                    cells.append(piece)
-                    continue
-                add(piece, sum(block_lines(b) for b in group), len(m.group(1)) if m else None)
-        else:
-            cell.source = nc.strip_test_markers(cell.source)
-            outputs = cell.get("outputs", [])
-            has_figure = any("image/png" in o.get("data", {}) for o in outputs)
-            code_lines = cell.source.splitlines()
-            n_code = len(code_lines)
-            printing = sum(line.lstrip().startswith("print(") for line in code_lines) >= n_code / 2
-            hide = has_figure or (outputs and (n_code > CODE_SHOWN_MAX or printing))
-            tags = cell.metadata.setdefault("tags", [])
-            if hide:
-                tags.append(HIDE_INPUT)
-                cell.metadata.setdefault("jupyter", {})["source_hidden"] = True  # JupyterLab, and so RISE
+                    _add_written(deck, cell, text, title=False)
+            elif text is None:
+                _add_cut(deck, cell, cell.source)
             else:
-                tags.extend(_width_tags("code", max(map(len, code_lines), default=0)))
-            tags.extend(_width_tags("output", _output_width(outputs)))
-            code = 0.0 if hide else CODE_LINE * n_code + 0.6
-            lines, figures = _output_lines(cell)
-            over = used + code + lines - LINES_PER_SLIDE  # lines past the end of the current slide
-            if figures and 0 < over <= (1 - MIN_SHRINK) * figures:  # a smaller figure stays on this slide
-                lines, _ = _output_lines(cell, shrink=1 - over / figures)
-            add(cell, code + lines)
-    nb.cells = cells
+                _add_written(deck, cell, text)
+        else:
+            _add_code(deck, cell)
+    shown = [c for s in deck.slides for c in s.cells]
+    numbers = {
+        "slides": len(deck.slides),
+        "figures_and_tables": sum(_figures_shown(c) + _tables_shown(c) for c in shown),
+        "notes_words": notes_words,
+    }
+    numbers["minutes"] = lp.minutes(numbers["notes_words"], numbers["figures_and_tables"], numbers["slides"])
+    _fill_title(title_slide, name, first.source if is_title else "", numbers)
+    nb.cells = deck.cells()
     # jupyterlab-rise reads its settings from here: the deck's size and theme ("simple", its default,
     # imports web fonts), and long slides scroll.
     nb.metadata["rise"] = {
@@ -297,7 +508,17 @@ def slide_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         "center": False,
         "scroll": True,
     }
-    return nb
+    return nb, numbers
+
+
+def slide_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The slide copy of `nb` (see :func:`plan`)."""
+    return plan(nb)[0]
+
+
+def deck_numbers(nb: nbformat.NotebookNode) -> dict:
+    """The deck's slides, figures and tables, words of speaker notes and estimated minutes."""
+    return plan(nb)[1]
 
 
 def _deck_link(path: str) -> str | None:
@@ -325,21 +546,6 @@ def exporter() -> SlidesExporter:
     )
     exp.register_preprocessor(TagRemovePreprocessor(remove_input_tags={HIDE_INPUT}), enabled=True)
     return exp
-
-
-def write_deck(path: Path, out: Path, exp: SlidesExporter | None = None) -> Path:
-    """Write the slide copy and the deck of the notebook at `path` into `out`; return the deck."""
-    nb = slide_notebook(nc.read(path))
-    out.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, out / path.name)  # links to the other notebooks' copies beside it, for RISE
-    nb = copy.deepcopy(nb)
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            cell.source = nc.relink(cell.source, _deck_link)
-    body, _ = (exp or exporter()).from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
-    deck = out / path.name.replace(".ipynb", ".slides.html")
-    deck.write_text(body, encoding="utf-8")
-    return deck
 
 
 def link_siblings(paths: list[Path], out: Path) -> list[Path]:
@@ -378,14 +584,45 @@ def title(nb: nbformat.NotebookNode) -> str:
     return "(untitled)"
 
 
-def write_index(decks: list[tuple[Path, str]], out: Path) -> Path:
-    """A page listing the decks (`(path, title)` each), which the decks' "Series overview" links."""
-    items = "\n".join(f'<li><a href="{d.name}">{html.escape(t)}</a></li>' for d, t in decks)
+def write_deck(path: Path, out: Path, exp: SlidesExporter | None = None) -> tuple[Path, dict]:
+    """Write the slide copy and the deck of the notebook at `path` into `out`; return the deck
+    and its numbers (:func:`plan`)."""
+    nb, numbers = plan(nc.read(path))
+    out.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, out / path.name)  # links to the other notebooks' copies beside it, for RISE
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = nc.relink(cell.source, _deck_link)
+    body, _ = (exp or exporter()).from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
+    deck = out / path.name.replace(".ipynb", ".slides.html")
+    deck.write_text(body, encoding="utf-8")
+    return deck, numbers
+
+
+def write_index(decks: list[tuple[Path, str, dict]], out: Path) -> Path:
+    """A page listing the decks (`(path, title, numbers)` each) with their length, slide count and
+    handout; the decks' "Series overview" links here."""
+    rows = []
+    for deck, name, numbers in decks:
+        pdf = deck.with_name(deck.name.replace(".slides.html", ".pdf"))
+        handout = f'<a href="{pdf.name}">PDF</a>' if pdf.is_file() else "(no PDF: see `make slides`)"
+        rows.append(
+            f'<tr><td><a href="{deck.name}">{html.escape(name)}</a></td>'
+            f"<td>about {numbers['minutes']:.0f} min</td><td>{numbers['slides']}</td><td>{handout}</td></tr>"
+        )
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Lecture slides</title>\n'
-        "<style>body{font-family:sans-serif;max-width:40em;margin:3em auto;font-size:1.2em}</style></head>\n"
-        f"<body><h1>Variational autoencoders: lecture slides</h1>\n<ul>\n{items}\n</ul>\n"
-        "<p>Keys: arrows or space to move, <kbd>Esc</kbd> for the overview, <kbd>S</kbd> for speaker notes, "
+        "<style>body{font-family:sans-serif;max-width:56em;margin:3em auto;font-size:1.2em}"
+        "td,th{padding:.3em .8em;text-align:left}</style></head>\n"
+        "<body><h1>Variational autoencoders: lecture slides</h1>\n"
+        "<table><thead><tr><th>Lecture</th><th>Length</th><th>Slides</th><th>Handout</th></tr></thead>\n<tbody>\n"
+        + "\n".join(rows)
+        + "\n</tbody></table>\n"
+        "<p>Length: the estimate of tools/lecture_path.py (words of speaker notes at 110 a minute, a minute "
+        "per figure or table, half a minute per slide).</p>\n"
+        "<p>Keys: right arrow or space for the next slide or step (every slide, in order), left arrow back, "
+        "<kbd>S</kbd> for the speaker notes (the notebook's full text), <kbd>Esc</kbd> for the overview, "
         "<kbd>F</kbd> for full screen.</p></body></html>\n"
     )
     target = out / "index.html"
@@ -393,18 +630,88 @@ def write_index(decks: list[tuple[Path, str]], out: Path) -> Path:
     return target
 
 
+# ------------------------------------------------------------------ handouts
+PDF_TIMEOUT_S = 180
+
+
+def find_chromium() -> str | None:
+    """Chromium (or Chrome) on PATH, as the tests find it."""
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def write_pdfs(decks: list[Path], out: Path) -> list[Path]:
+    """Print each deck's print view (`?print-pdf`) to `NN_name.pdf` beside it with headless
+    Chromium, served from 127.0.0.1 with every other host unreachable; return the PDFs. Prints
+    one line and returns [] where no Chromium is installed."""
+    chromium = find_chromium()
+    if chromium is None:
+        print("no chromium, chromium-browser or google-chrome on PATH: PDF handouts skipped")
+        return []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(out)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    made = []
+    try:
+        with tempfile.TemporaryDirectory() as profile:
+            for deck in decks:
+                pdf = deck.with_name(deck.name.replace(".slides.html", ".pdf"))
+                pdf.unlink(missing_ok=True)
+                command = [
+                    chromium,
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    f"--user-data-dir={profile}",
+                    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+                    "--proxy-server=http://127.0.0.1:9",
+                    "--proxy-bypass-list=127.0.0.1",
+                    "--run-all-compositor-stages-before-draw",
+                    "--virtual-time-budget=60000",
+                    "--no-pdf-header-footer",
+                    f"--print-to-pdf={pdf}",
+                    f"http://127.0.0.1:{port}/{deck.name}?print-pdf",
+                ]
+                result = subprocess.run(command, capture_output=True, text=True, timeout=PDF_TIMEOUT_S)
+                if result.returncode != 0 or not pdf.is_file():
+                    print(f"{nc.shown(deck)}: Chromium printed no PDF: {result.stderr.strip()[-300:]}")
+                    continue
+                made.append(pdf)
+                print(nc.shown(pdf))
+    finally:
+        server.shutdown()
+        server.server_close()
+    return made
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = nc.parse_args(__doc__, "slides", argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=REPO / "build" / "slides")
+    parser.add_argument("--no-pdf", action="store_true", help="do not print the PDF handouts")
+    args = parser.parse_args(argv)
     paths = nc.series(args.notebooks)
     copy_assets(args.out)
     exp = exporter()
     decks = []
     for path in paths:
-        deck = write_deck(path, args.out, exp)
-        decks.append((deck, title(nc.read(path))))
-        print(nc.shown(deck))
-    write_index(decks, args.out)
+        deck, numbers = write_deck(path, args.out, exp)
+        decks.append((deck, title(nc.read(path)), numbers))
+        print(f"{nc.shown(deck)}: {lp.describe(numbers)}")
+    write_index(decks, args.out)  # first without the handouts, so that a deck's link to it works
     link_siblings(paths, args.out)
+    if args.no_pdf:
+        print("--no-pdf: PDF handouts not printed")
+    elif write_pdfs([d for d, _, _ in decks], args.out):
+        write_index(decks, args.out)
     return 0
 
 
