@@ -10,7 +10,14 @@ from flax import nnx
 from helpers import REPO, load_script
 
 from vae_lib import training
-from vae_lib.cost import read_throughput, step_matmul_flops, step_matmul_shapes
+from vae_lib.cost import (
+    break_even_images,
+    data_parallel_step_seconds,
+    read_throughput,
+    ring_allreduce_seconds,
+    step_matmul_flops,
+    step_matmul_shapes,
+)
 from vae_lib.models import VAE
 
 
@@ -59,3 +66,35 @@ def test_reading_a_file_without_benchmark_rows_says_how_to_make_one(tmp_path):
     (tmp_path / "x.jsonl").write_text('{"matmul_gflops": 1.0}\n')
     with pytest.raises(ValueError, match="make bench"):
         read_throughput(tmp_path / "x.jsonl")
+
+
+# ------------------------------------------------------------------ the data-parallel model on paper
+def test_the_ring_all_reduce_is_2_n_minus_1_rounds_of_latency_plus_the_bandwidth_term():
+    # 8 devices, 1 MB, 1 GB/s, 3 microseconds: 14 rounds of 3 us, 2 * 7/8 * 1 ms
+    assert ring_allreduce_seconds(1e6, 8, 1e9, 3e-6) == pytest.approx(14 * 3e-6 + 1.75e-3)
+    assert ring_allreduce_seconds(1e6, 8, 1e9) == pytest.approx(1.75e-3)
+    assert ring_allreduce_seconds(1e6, 1, 1e9, 3e-6) == 0.0  # one device sends nothing
+
+
+def test_the_latency_term_of_the_notebooks_vae_over_nvlink_is_about_four_times_the_bandwidth_term():
+    grad_bytes = 4 * 652_824
+    bandwidth_only = ring_allreduce_seconds(grad_bytes, 8, 450e9)
+    with_latency = ring_allreduce_seconds(grad_bytes, 8, 450e9, 3e-6)
+    assert bandwidth_only == pytest.approx(10.2e-6, rel=1e-2)
+    assert (with_latency - bandwidth_only) / bandwidth_only == pytest.approx(4.1, rel=1e-2)
+
+
+def test_a_step_adds_overhead_compute_and_all_reduce_and_the_break_even_balances_the_last_two():
+    args = dict(flops_per_image=3.28e6, rate=67e12, grad_bytes=4 * 652_824, devices=8, bandwidth=450e9)
+    b = break_even_images(**args, latency=3e-6)
+    comm = ring_allreduce_seconds(4 * 652_824, 8, 450e9, 3e-6)
+    assert b * 3.28e6 / 67e12 == pytest.approx(comm)
+    assert data_parallel_step_seconds(b, **args, latency=3e-6, overhead=2e-5) == pytest.approx(2e-5 + 2 * comm)
+    assert break_even_images(**args, latency=3e-6) > break_even_images(**args)  # latency raises it
+
+
+def test_the_ring_all_reduce_refuses_no_devices_or_no_bandwidth():
+    with pytest.raises(ValueError, match="devices >= 1"):
+        ring_allreduce_seconds(1e6, 0, 1e9)
+    with pytest.raises(ValueError, match="bandwidth > 0"):
+        ring_allreduce_seconds(1e6, 8, 0)

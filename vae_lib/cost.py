@@ -3,6 +3,11 @@
 The speed benchmark (benchmarks/train_throughput.py) and notebook 04 compare the measured
 images per second with a ceiling: the machine's matmul rate on the step's own products
 divided by the step's matmul FLOPs per image.
+
+Notebook 07 adds a model on paper of a data-parallel step on n devices
+(:func:`ring_allreduce_seconds`, :func:`data_parallel_step_seconds`, :func:`break_even_images`):
+compute on each device's share of the batch, a ring all-reduce of the gradients (a bandwidth
+term and a latency per round), and a fixed overhead per step, with no overlap between them.
 """
 
 from __future__ import annotations
@@ -15,7 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["matmul_rate", "read_throughput", "step_matmul_flops", "step_matmul_shapes"]
+__all__ = [
+    "break_even_images",
+    "data_parallel_step_seconds",
+    "matmul_rate",
+    "read_throughput",
+    "ring_allreduce_seconds",
+    "step_matmul_flops",
+    "step_matmul_shapes",
+]
 
 Shape = tuple[int, int]
 
@@ -62,6 +75,59 @@ def step_matmul_flops(in_features: int = 784, hidden: int | Sequence[int] = 400,
     """
     shapes = step_matmul_shapes(1, in_features, hidden, latent)
     return sum(2 * a[0] * a[1] * b[1] for a, b in shapes)
+
+
+def ring_allreduce_seconds(num_bytes: float, devices: int, bandwidth: float, latency: float = 0.0) -> float:
+    """Time of a ring all-reduce of ``num_bytes`` on ``devices`` devices (no overlap with anything).
+
+    The ring splits the array in n pieces and takes 2(n - 1) rounds, n - 1 to sum the pieces
+    (reduce-scatter) and n - 1 to share the sums (all-gather); in each round every device
+    sends one piece, num_bytes / n, to its neighbour. A round costs the link's ``latency``
+    (seconds per message) plus the piece's bytes over ``bandwidth`` (bytes/s each way):
+
+        t = 2 (n - 1) latency + 2 (n - 1) / n * num_bytes / bandwidth.
+
+    One device needs no all-reduce (0 s).
+
+    Raises:
+        ValueError: fewer than one device, or a bandwidth that is not positive.
+    """
+    if devices < 1 or bandwidth <= 0:
+        raise ValueError(f"need devices >= 1 and bandwidth > 0; got {devices} and {bandwidth}.")
+    rounds = 2 * (devices - 1)
+    return rounds * latency + rounds / devices * num_bytes / bandwidth
+
+
+def data_parallel_step_seconds(
+    images_per_device: float,
+    flops_per_image: float,
+    rate: float,
+    grad_bytes: float,
+    devices: int,
+    bandwidth: float,
+    latency: float = 0.0,
+    overhead: float = 0.0,
+) -> float:
+    """Time of one data-parallel step: overhead + compute + the gradients' ring all-reduce.
+
+    compute = images_per_device * flops_per_image / rate (FLOP/s); the all-reduce is
+    :func:`ring_allreduce_seconds`; ``overhead`` is what every step costs whatever its size
+    (launching the compiled program, Python between steps). Nothing overlaps: an upper
+    bound for systems that send gradients while the backward pass still runs.
+    """
+    compute = images_per_device * flops_per_image / rate
+    return overhead + compute + ring_allreduce_seconds(grad_bytes, devices, bandwidth, latency)
+
+
+def break_even_images(
+    flops_per_image: float, rate: float, grad_bytes: float, devices: int, bandwidth: float, latency: float = 0.0
+) -> float:
+    """Images per device per step at which compute takes as long as the all-reduce.
+
+    Below it, communication dominates the step. b* = t_allreduce * rate / flops_per_image;
+    the latency term raises it, the fixed overhead (in both) does not move it.
+    """
+    return ring_allreduce_seconds(grad_bytes, devices, bandwidth, latency) * rate / flops_per_image
 
 
 def matmul_rate(shapes: Sequence[tuple[Shape, Shape]], seconds: float = 1.0) -> float:
