@@ -92,8 +92,9 @@ slides: setup
 	rm -rf build/slides
 	$(BIN)/python tools/build_slides.py $(NOTEBOOKS)
 
-# The static book of the series with its stored outputs (nothing runs), README as the landing page:
-# build/book/index.html. Sphinx + myst-nb + sphinx-book-theme, all from PyPI (tools/build_book.py, book/conf.py).
+# The static book of the series with its stored outputs (nothing runs), a landing page for learners (book/landing.md)
+# and a References page: build/book/index.html. Sphinx + myst-nb + sphinx-book-theme, all from PyPI
+# (tools/build_book.py, book/conf.py).
 book: setup
 	rm -rf build/book build/book_src build/jupyter_execute
 	$(BIN)/python tools/build_book.py $(NOTEBOOKS)

@@ -5,19 +5,34 @@ sphinx-book-theme lays them out: every part, the theme's scripts, styles and ico
 comes from a PyPI package, so the build and the pages work offline. MathJax 3 is copied from
 the PyPI package django-static-mathjax into _static/mathjax/ by tools/build_book.py after the
 build (Sphinx's default would load it from a CDN).
+
+The repository's public address is read from pyproject.toml (`[project.urls] Repository`), the one
+place it is set: the launch button (Binder, JupyterLab) and the repository button use it.
+book/_static/ adds a style sheet (wide display equations scroll inside the text column) and a
+script that makes the sidebar button work (see book/_static/sidebar-toggle.js).
 """
+
+import tomllib
+from pathlib import Path
+
+REPOSITORY = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["urls"][
+    "Repository"
+]
 
 project = "Variational autoencoders, step by step, in JAX"
 author = "the vae_lib authors"
 copyright = "the vae_lib authors"  # noqa: A001 (Sphinx's name for it)
 
 extensions = ["myst_nb"]
-root_doc = "index"  # README.md, copied to index.md by tools/build_book.py
+root_doc = "index"  # the landing page for learners, written by tools/build_book.py from book/landing.md
 
 # The notebooks are committed with their outputs: show those, never run anything.
 nb_execution_mode = "off"
 nb_ipywidgets_js = {}  # no widget manager from a CDN (the widget outputs are made static first)
 nb_merge_streams = True
+# The label of a collapsed code cell; tools/build_book.py gives solutions and figures' code their own.
+nb_code_prompt_show = "Show code"
+nb_code_prompt_hide = "Hide code"
 
 # $...$ and $$...$$ as the notebooks write them; GitHub-style anchors for the README's links.
 myst_enable_extensions = ["dollarmath", "amsmath"]
@@ -32,6 +47,9 @@ html_title = "Variational autoencoders in JAX"
 html_show_sourcelink = False
 html_last_updated_fmt = None
 html_context = {"default_mode": "light"}
+html_static_path = ["_static"]
+html_css_files = ["book.css"]
+html_js_files = ["sidebar-toggle.js"]
 html_theme_options = {
     "home_page_in_toc": True,
     "show_navbar_depth": 1,
@@ -39,4 +57,10 @@ html_theme_options = {
     "use_download_button": True,  # the .ipynb of each page, a local file
     "use_fullscreen_button": True,
     "navigation_with_keys": True,
+    # The rocket button of every notebook page: that notebook in JupyterLab on mybinder.org (binder/ sets it up).
+    "repository_url": REPOSITORY,
+    "repository_branch": "HEAD",
+    "path_to_docs": "",  # the pages' notebooks/NN_name.ipynb are the repository's
+    "use_repository_button": True,
+    "launch_buttons": {"binderhub_url": "https://mybinder.org", "notebook_interface": "jupyterlab"},
 }

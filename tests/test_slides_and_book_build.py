@@ -293,15 +293,6 @@ def test_widget_outputs_become_a_note_or_their_text(copies):
     assert bar == {"text/plain": "training: 100%|##| 9/9"}
 
 
-def test_the_readme_becomes_a_landing_page_without_remote_images(book):
-    readme = (
-        "# T\n\n[![Binder](https://mybinder.org/badge.svg)](https://mybinder.org/v2/x)\n![pic](https://e.org/p.png)\n"
-    )
-    page = book.landing_page(readme, ["notebooks/01_a", "notebooks/02_b"])
-    assert "[Binder](https://mybinder.org/v2/x)" in page and "![" not in page
-    assert "```{toctree}" in page and "notebooks/01_a\nnotebooks/02_b" in page
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_notebook_of_the_series_has_a_deck(slides, path):
     nb = slides.slide_notebook(nbformat.read(path, as_version=4))
@@ -393,9 +384,117 @@ def test_no_page_of_the_book_keeps_an_nbval_marker(book, tmp_path):
         assert not [c for c in nb.cells if "NBVAL" in c.source], page.name
 
 
-def test_the_landing_page_leaves_out_the_maintainers_section_and_links(book):
-    readme = "# T\n\nSee [the guide](MAINTAINERS.md#tests).\n\n## For maintainers\n\nTests.\n\n"
-    readme += "## Further reading\n\n- A.\n"
-    page = book.landing_page(readme, ["notebooks/01_x"])
-    assert "For maintainers" not in page and "Tests." not in page
-    assert "See the guide." in page and "## Further reading" in page
+# ------------------------------------------------------------------ the book for learners
+def _series_notebook(title: str, minutes: int | None = None):
+    first = f"# {title}\n\nWhat it is about.\n"
+    if minutes is not None:
+        first += f"\n**Reading time**: about {minutes} minutes (exercises not included)\n"
+    return nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(first)])
+
+
+def test_the_landing_page_lists_the_notebooks_in_order_with_the_reading_times_they_state(book):
+    notebooks = [
+        ("notebooks/01_a", _series_notebook("01 · A", 30)),
+        ("notebooks/02b_b", _series_notebook("02b · B", 45)),
+    ]
+    page = book.landing_page(notebooks, "https://github.com/someone/series")
+    assert "| [01 · A](notebooks/01_a.ipynb) | about 30 min |" in page
+    assert "| [02b · B](notebooks/02b_b.ipynb) | about 45 min |" in page
+    assert "All 2 together: about 1 h 15 min." in page
+    assert "(https://mybinder.org/v2/gh/someone/series/HEAD?urlpath=lab/tree/notebooks/01_a.ipynb)" in page
+    assert "(https://github.com/someone/series)" in page
+    assert "notebooks/01_a\nnotebooks/02b_b\nreferences\n```" in page  # the sidebar: the notebooks, then References
+    assert "## What you will learn" in page and "{{" not in page
+
+
+def test_a_notebook_that_states_no_reading_time_gets_an_empty_cell_and_no_total(book):
+    notebooks = [("notebooks/01_a", _series_notebook("01 · A", 30)), ("notebooks/02_b", _series_notebook("02 · B"))]
+    page = book.landing_page(notebooks, "https://github.com/someone/series")
+    assert "| [02 · B](notebooks/02_b.ipynb) |  |" in page and "together" not in page
+    assert book.reading_minutes(_series_notebook("x")) is None
+
+
+def test_readme_badge_and_the_book_use_the_one_repository_address(book):
+    """pyproject.toml's [project.urls] Repository is the one place; README and book/conf.py must agree with it."""
+    repository = book.repository_url()
+    assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", repository), repository
+    conf = load_script("book/conf.py")
+    assert conf.REPOSITORY == repository == conf.html_theme_options["repository_url"]
+    assert conf.html_theme_options["launch_buttons"]["binderhub_url"] == book.BINDERHUB
+    badges = re.findall(r"\]\((https://mybinder\.org/v2/[^)\s]+)\)", (REPO / "README.md").read_text())
+    assert badges, "README.md has no Binder link"
+    for url in badges:
+        assert url == book.binder_url(repository, url.split("urlpath=lab/tree/")[-1]), (url, repository)
+
+
+def test_citations_are_found_as_the_notebooks_write_them(book):
+    text = (
+        "Burda et al. (2016) and (Kingma and Welling, 2019) and (Xiao, Rasul and Vollgraf, 2017); Roeder, Wu &"
+        " Duvenaud 2017, (This is REINFORCE, Williams 1992.) Kool et\n  al. 2019; (Bowman et al. 2016; Sønderby et al."
+        " 2016), Loaiza-Ganem and Cunningham (2019). In 2019 a note (Spring 2023), JMLR 2020, seed 2024, Table 1"
+    )
+    assert book.citations(text) == [
+        "Burda 2016", "Kingma 2019", "Xiao 2017", "Roeder 2017", "Williams 1992", "Kool 2019", "Bowman 2016",
+        "Sønderby 2016", "Loaiza-Ganem 2019",
+    ]  # fmt: skip
+
+
+def test_every_paper_the_notebooks_cite_is_in_the_bibliography(book):
+    notebooks = [(f"notebooks/{p.stem}", nbformat.read(p, as_version=4)) for p in NOTEBOOKS]
+    cited = book.cited_by(notebooks)
+    missing = {key: pages for key, pages in cited.items() if key not in book.bibliography()}
+    assert not missing, f"cited in the notebooks but not in book/references.toml (add them): {missing}"
+    page = book.references_page(notebooks)
+    assert page.count("\n- ") == len(cited) > 10 and "Importance Weighted Autoencoders" in page
+
+
+def _exercise_notebook():
+    v4 = nbformat.v4
+    figure = v4.new_code_cell("plt.plot(x)")
+    figure.outputs = [v4.new_output("display_data", data={"image/png": _png(4, 2), "text/plain": "<Figure>"})]
+    hidden = {"jupyter": {"source_hidden": True}}
+    cells = [
+        v4.new_markdown_cell("# 01 · T"),
+        figure,
+        v4.new_code_cell("# Reference answers used by the check cells\n_ref = 1", metadata=hidden),
+        v4.new_markdown_cell("## Exercises\n\n### Exercise 1: a question"),
+        v4.new_markdown_cell("**Solution** (collapsed)"),
+        v4.new_code_cell("answer = 42", metadata={"jupyter": {"source_hidden": True}}),
+        v4.new_markdown_cell(
+            "**Solution** (collapsed; the derivation first)\n\n<details><summary>Worked solution"
+            "</summary>\n\nA.\n</details>"
+        ),  # fmt: skip
+        v4.new_markdown_cell(
+            "### Solutions\n\n<details><summary>Exercise 2</summary>\n\nB.\n</details>\n\n"
+            "<details><summary>What the figure shows (open after)</summary>\n\nC.\n</details>"
+        ),  # fmt: skip
+    ]
+    return v4.new_notebook(cells=cells)
+
+
+def test_the_book_folds_figure_code_and_labels_every_solution_one_way(book):
+    nb = book.for_book(_exercise_notebook())
+    figure, answers, _, empty, solution, worked, grouped = nb.cells[1:]
+    assert "hide-input" in figure.metadata.tags and figure.metadata.mystnb == book.FIGURE_PROMPT
+    assert "hide-input" in answers.metadata.tags and answers.metadata.mystnb == book.ANSWERS_PROMPT
+    assert "remove-cell" in empty.metadata.tags  # "**Solution** (collapsed)" alone: the toggle says it
+    assert "hide-input" in solution.metadata.tags and solution.metadata.mystnb == book.SOLUTION_PROMPT
+    assert worked.source == "<details><summary>Solution</summary>\n\nA.\n</details>"
+    assert "<summary>Solution to exercise 2</summary>" in grouped.source
+    assert "<summary>Solution</summary>\n\nC." in grouped.source
+
+
+def test_every_page_of_the_book_folds_its_figure_code_and_says_solution(book, tmp_path):
+    src = book.stage(NOTEBOOKS, tmp_path / "src")
+    for page in sorted((src / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(page, as_version=4)
+        markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+        for old in ("<summary>Worked solution", "<summary>Exercise", "**Solution** (collapsed"):
+            assert old not in markdown, f"{page.name}: {old!r}"
+        for cell in nb.cells:
+            outputs = cell.get("outputs", [])
+            if any("image/png" in o.get("data", {}) for o in outputs) and "remove-cell" not in cell.metadata.get(
+                "tags", []
+            ):
+                assert "hide-input" in cell.metadata.tags, f"{page.name}: figure code shown: {cell.source[:60]!r}"
+    assert "```{toctree}" in (src / "index.md").read_text() and (src / "references.md").is_file()

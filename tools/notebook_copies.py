@@ -3,7 +3,7 @@
 Imported by tools/build_slides.py and tools/build_book.py (not run on its own). Everything here
 works on a copy: the committed notebooks are never written.
 
-- `series(paths)`: the notebooks to build, `notebooks/NN_name.ipynb`, in order.
+- `series(paths)`: the notebooks to build, `notebooks/NN_name.ipynb` (or `NNb_name.ipynb`), in order.
 - `static_outputs(nb)`: widget outputs as a page without a kernel can show them. A progress bar
   (tqdm) keeps its plain-text line ("training: 100%|####| ..."); an interactive widget, which
   only a live kernel can draw, becomes one line saying so (notebook 05's explorer is followed
@@ -32,7 +32,7 @@ from pathlib import Path
 import nbformat
 
 REPO = Path(__file__).resolve().parents[1]
-SERIES_NAME = re.compile(r"^\d\d_\w+\.ipynb$")
+SERIES_NAME = re.compile(r"^\d\d[a-z]?_\w+\.ipynb$")  # 02_..., and 02b_... for a notebook split in two
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_NOTE = (
     '<p class="widget-note"><em>An interactive widget is here when the notebook runs in JupyterLab; '
@@ -45,7 +45,9 @@ MATHJAX_PARTS = [MATHJAX_SCRIPT, "output/chtml/fonts/woff-v2", "ui", "a11y", "ad
 LINK = re.compile(r"(\]\()([^)\s]+)(\))")
 MARKER = re.compile(r"^# NBVAL_\w+[^\n]*\n(?:# \([^\n]*\)\n)?", re.M)
 # The introduction's sentence on the markers, and the next one if it names the claims checks.
-RIG_SENTENCE = re.compile(r"\**Cells marked `# NBVAL_IGNORE_OUTPUT`\**[^.]*\.(?:\s+[^.]*`claims\.expect`[^.]*\.)?\s*")
+RIG_SENTENCE = re.compile(
+    r"\**Cells\s+marked\s+`# NBVAL_IGNORE_OUTPUT`\**[^.]*\.(?:\s+[^.]*`claims\.expect`[^.]*\.)?\s*"
+)
 CHECK_CALLS = {"expect", "expect_between", "expect_true"}
 REMOVE_CELL = "remove-cell"  # myst-nb drops such a cell, input and output
 
