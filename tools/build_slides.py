@@ -108,6 +108,7 @@ HEADING = re.compile(r"^(#{1,6})\s")
 ITEM = re.compile(r"^\s*([-*+]|\d+[.)])\s")
 LINK_TEXT = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 INLINE_MATH = re.compile(r"\$([^$]+)\$")
+TALL_MATH = re.compile(r"\\(?:frac|dfrac|int|sum|prod|underbrace|overbrace|begin|binom|sqrt)\b")
 MD_TABLE = re.compile(r"^\s*\|.*\|\s*$\n^\s*\|[\s:|-]+\|\s*$", re.M)  # a header row and its rule
 
 
@@ -181,8 +182,8 @@ def _text_lines(text: str) -> float:
         broken = line.endswith(("  ", "\\")) or line.strip().endswith("$$") or line.strip().startswith("$$")
     total = 0.0
     for line in logical:
-        if line.startswith("$$"):
-            total += 1.6 + 0.8 * line.count(r"\\")
+        if line.startswith("$$"):  # a displayed equation, its margins, and its height if it stacks
+            total += 2.2 + 1.0 * line.count(r"\\") + (0.7 if TALL_MATH.search(line) else 0.0)
             continue
         visible = LINK_TEXT.sub(r"\1", line).replace("**", "").replace("`", "")
         visible = INLINE_MATH.sub(lambda m: "x" * max(1, int(0.55 * len(m.group(1)))), visible)
@@ -282,7 +283,8 @@ class Deck:
         return self.slides[-1] if self.slides else None
 
     def room(self) -> float:
-        return LINES_PER_SLIDE - (self.current.lines if self.current else LINES_PER_SLIDE)
+        """Lines left on the current slide, less one for what the estimate misses (tall equations)."""
+        return LINES_PER_SLIDE - 1.0 - (self.current.lines if self.current else LINES_PER_SLIDE)
 
     def start(self, cell, kind: str, lines: float, written: bool) -> None:
         _slide_type(cell, kind)
@@ -334,7 +336,7 @@ def _piece(cell, source: str, suffix: str):
 
 
 def _text_block_lines(source: str) -> float:
-    return sum(block_lines(b) for b in markdown_blocks(source))
+    return sum(block_lines(b) for b in markdown_blocks(source)) + 0.3  # and the cell's own padding
 
 
 def _add_written(deck: Deck, cell, text, title: bool = True) -> None:
@@ -469,7 +471,7 @@ def plan(nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, dict]:
     first = next(c for c in nb.cells if is_lecture(c))
     is_title = first.cell_type == "markdown" and lp.heading_line(first.source) is not None
     title_slide = title_cell()
-    deck.start(title_slide, "slide", 6.0, written=True)
+    deck.start(title_slide, "slide", 11.0, written=True)
     notes_words = 0
     for cell in nb.cells:
         if not is_lecture(cell):
