@@ -81,13 +81,17 @@ models: setup data
 distributed: setup data
 	$(BIN)/python -m vae_lib.cli.launch --processes 2 --devices-per-process 2 --steps 20
 
-# The lecture path: each notebook's cells tagged `lecture`, with their outputs, in build/lecture/.
+# The lecture path: each notebook's cells tagged `lecture`, with their outputs, in build/lecture/; then the
+# lecture-path checker (promises without their output, names bound off the path, slide text missing or too long)
+# and each path's estimated length (tools/lecture_path.py says how). Fails on a finding.
 lecture: setup
 	$(BIN)/python tools/lecture_path.py $(NOTEBOOKS)
+	$(BIN)/python tools/lecture_path.py --check $(NOTEBOOKS)
 
-# Lecture slides: a reveal.js deck per notebook from its lecture path (build/slides/NN_name.slides.html,
-# build/slides/index.html lists them) and the slide copy jupyterlab-rise presents. Offline: reveal.js and
-# MathJax come from PyPI packages (tools/build_slides.py says which).
+# Lecture slides: a reveal.js deck per notebook from its lecture path and its cells' slide text
+# (build/slides/NN_name.slides.html), its PDF handout (NN_name.pdf, printed by headless Chromium; skipped, saying
+# so, where none is installed), build/slides/index.html listing them with length and slide count, and the slide
+# copy jupyterlab-rise presents. Offline: reveal.js and MathJax come from PyPI packages (tools/build_slides.py).
 slides: setup
 	rm -rf build/slides
 	$(BIN)/python tools/build_slides.py $(NOTEBOOKS)
