@@ -155,6 +155,13 @@ def test_the_sidebar_button_opens_the_sidebar_on_a_phone(driver, book):
 
     ActionChains(driver).send_keys(Keys.ESCAPE).perform()  # Escape closes the drawer
     wait_for(lambda: on_screen() is False, 5, "the sidebar to close on Escape")
+    # The page's contents (the right-hand sidebar) open the same way, from the other button.
+    contents = [b for b in driver.find_elements("css selector", ".secondary-toggle") if b.is_displayed()]
+    assert len(contents) == 1, f"{len(contents)} visible contents buttons (.secondary-toggle)"
+    contents[0].click()
+    opened = "return !!document.querySelector('#pst-secondary-sidebar-modal[open] .page-toc')"
+    wait_for(lambda: driver.execute_script(opened), 5, "the page's contents after pressing their button at 390 px")
+    ActionChains(driver).send_keys(Keys.ESCAPE).perform()
 
 
 def test_the_sidebar_button_hides_and_shows_the_sidebar_on_a_desktop(driver, book):
