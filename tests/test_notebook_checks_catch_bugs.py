@@ -38,7 +38,7 @@ BUGS = [
         "log_px_given_z + standard_normal_log_density(z) - gaussian_log_density",  # log_importance_weight
         "log_px_given_z - gaussian_log_density",
         "02_vae_and_the_elbo.ipynb",
-        "form A minus form B",
+        "its importance-weighted estimate is higher",  # the first claim after the bug that reads it
     ),
     (
         "pathwise_gradient_scaled_by_1_1",
