@@ -57,6 +57,18 @@ def test_beta_weighs_the_kl_and_reports_the_true_kl():
     assert jnp.allclose(m["kl"], losses.vae_loss(params, graphdef, x, key)[1]["kl"])
 
 
+@pytest.mark.parametrize("beta, free_bits", [(4.0, 0.0), (0.1, 0.0), (1.0, 50.0)])
+def test_metrics_loss_is_the_true_negative_elbo_and_the_objective_is_recorded_beside_it(beta, free_bits):
+    graphdef, params = nnx.split(small_vae())
+    x, key = binary_images(), jax.random.key(3)
+    objective, m = losses.beta_vae_loss(params, graphdef, x, key, beta=beta, free_bits=free_bits)
+    _, plain = losses.vae_loss(params, graphdef, x, key)  # the same draw of z
+    assert jnp.allclose(m["loss"], plain["loss"], rtol=1e-6)  # -ELBO, whatever beta and the floor
+    assert m["objective"] == objective
+    kl_paid = 3 * free_bits if free_bits else beta * m["kl"]  # 3 latent dimensions, all under a floor of 50
+    assert float(m["objective"] - m["loss"]) == pytest.approx(float(kl_paid - m["kl"]), rel=1e-3)
+
+
 def test_a_dimension_under_the_free_bits_floor_costs_the_floor_and_gets_no_kl_gradient():
     graphdef, params = nnx.split(small_vae())
     x, key = binary_images(), jax.random.key(3)

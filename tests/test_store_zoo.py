@@ -164,6 +164,9 @@ def test_warm_up_raises_beta_linearly_to_its_value(tiny_recipe, fashion_train):
     images = fashion_train[0][:640]
     _, history = zoo.train(name, images, images[:200], resume_folder=None, log=_quiet)
     assert history["beta"] == [0.5, 1.0, 1.0]
+    # every epoch records the objective (beta x KL) beside the true loss; at beta = 1 they agree
+    assert len(history["train_objective"]) == 3
+    assert history["train_objective"][-1] == pytest.approx(history["train_loss"][-1], rel=1e-5)
 
 
 def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tiny_recipe, fashion_train, tmp_path):

@@ -106,16 +106,20 @@ def beta_vae_loss(
         free_bits: lambda >= 0, in nats per latent dimension.
 
     Returns:
-        ``(loss, metrics)``: the objective above, and ``loss`` (that objective),
-        ``log_px_given_z`` and ``kl`` (the true KL, without beta or free bits), each a mean over
-        the batch in nats per image.
+        ``(objective, metrics)``: the objective above (what the gradient is taken of), and the
+        metrics ``loss``, the true loss -ELBO = -log_px_given_z + kl (as for every loss of this
+        module, not the objective: the two differ unless beta = 1 and no dimension is under the
+        free-bits floor), ``objective`` (the first return value), ``log_px_given_z`` and ``kl``
+        (the true KL, without beta or free bits), each a mean over the batch in nats per image.
+        A training history therefore holds both, ``train_loss`` and ``train_objective``.
     """
     model = nnx.merge(graphdef, params)
     logits, _, mean, logvar = model(x, key)
     rec = jnp.mean(bernoulli_log_likelihood(x, logits))
     kl_j = jnp.mean(kl_per_dimension(mean, logvar), axis=0)  # (latent,)
-    loss = -rec + beta * jnp.sum(jnp.maximum(kl_j, free_bits))
-    return loss, {"loss": loss, "log_px_given_z": rec, "kl": jnp.sum(kl_j)}
+    kl = jnp.sum(kl_j)
+    objective = -rec + beta * jnp.sum(jnp.maximum(kl_j, free_bits))
+    return objective, {"loss": -rec + kl, "objective": objective, "log_px_given_z": rec, "kl": kl}
 
 
 def autoencoder_loss(params: Any, graphdef: nnx.GraphDef, x: ArrayLike, key: jax.Array) -> tuple[jax.Array, Metrics]:

@@ -18,6 +18,9 @@ Every recipe trains with :func:`vae_lib.training.fit`. Two kinds of held-out dat
   parameters are kept and training stops after ``patience`` epochs without a new best. KL
   warm-up raises beta linearly, one value per epoch (epoch e of W uses e / W); free bits are
   :func:`vae_lib.losses.beta_vae_loss`'s. The held-out score is always the true negative ELBO.
+  A run records ``train_loss`` (the true negative ELBO) and, for the recipes with beta, warm-up
+  or free bits, ``train_objective`` (what was minimised). The stored files of those recipes were
+  trained before the two were told apart: their ``train_loss`` is the objective.
 
 A run writes ``<resume folder>/<name>.resume.msgpack`` after every epoch (the whole training
 state, :func:`vae_lib.store.checkpoint.save_tree`), and the same command continues a cut-off
@@ -145,9 +148,11 @@ def _schedule(r: Recipe) -> Callable[[int], training.LossFn]:
     """Epoch -> training loss. One function object per (beta, free bits), since the loss is a
     static part of the train state: a new object every epoch would compile the epoch again."""
 
+    plain = r.beta == 1.0 and r.free_bits == 0.0 and not r.warmup_epochs
+
     @functools.cache
     def loss_for(beta: float) -> training.LossFn:
-        if beta == 1.0 and r.free_bits == 0.0:
+        if plain:  # otherwise every epoch records the objective beside the true loss (train_objective)
             return losses.vae_loss
         return functools.partial(losses.beta_vae_loss, beta=beta, free_bits=r.free_bits)
 
