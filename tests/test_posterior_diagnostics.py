@@ -45,3 +45,33 @@ def test_diagnostics_reject_codes_of_the_wrong_shape():
         posterior_diagnostics.active_units(np.zeros(10))
     with pytest.raises(ValueError, match="same encoder call"):
         posterior_diagnostics.kl_decomposition(np.zeros((5, 2)), np.zeros((5, 3)), jax.random.key(0))
+
+
+def test_the_moment_matched_kl_of_one_gaussian_is_its_kl_to_the_prior():
+    means, logvars = np.tile([[0.5, -1.0]], (400, 1)), np.tile([[-1.0, 0.3]], (400, 1))
+    exact = float(objectives.kl_to_standard_normal(jnp.asarray(means[:1]), jnp.asarray(logvars[:1]))[0])
+    assert posterior_diagnostics.moment_matched_kl(means, logvars) == pytest.approx(exact, rel=1e-6)
+
+
+def test_the_moment_matched_kl_sees_correlation_between_the_codes():
+    t = np.linspace(-1.5, 1.5, 300)
+    means = np.stack([t, t], axis=1)  # codes on a line: Sigma = [[v + a, v], [v, v + a]]
+    logvars = np.full((300, 2), math.log(0.1))
+    v, a = np.var(t), 0.1
+    expected = 0.5 * (2 * (v + a) - 2 - math.log((v + a) ** 2 - v**2))
+    assert posterior_diagnostics.moment_matched_kl(means, logvars) == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_marginal_kl_bounds_bracket_the_mixture_estimate():
+    rng = np.random.default_rng(1)
+    means, logvars = rng.normal(0, 1.3, (300, 3)), rng.normal(-2, 0.3, (300, 3))
+    out = posterior_diagnostics.marginal_kl_bounds(means, logvars, jax.random.key(0), draws=20)
+    assert 0 < out["lower"] < out["upper"] and out["log_n"] == pytest.approx(math.log(300))
+
+
+def test_an_active_unit_carries_more_than_half_the_threshold_in_nats():
+    rng = np.random.default_rng(2)
+    means, logvars = rng.normal(0, 0.11, (2000, 4)) * [1, 0.5, 2, 0.1], rng.normal(0, 0.05, (2000, 4))
+    rate_j = np.mean(np.asarray(objectives.kl_per_dimension(jnp.asarray(means), jnp.asarray(logvars))), axis=0)
+    activity = np.asarray(posterior_diagnostics.unit_activity(means))
+    assert np.all(rate_j >= activity / 2)  # R_j >= A_j / 2, so A_j > 0.01 means R_j > 0.005 nats

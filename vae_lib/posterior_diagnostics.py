@@ -15,6 +15,16 @@ where they go. Two measurements split it:
   the codes' distribution is from the prior. Prior samples from where q(z) is small decode
   to images the decoder never trained on.
 
+  The Monte Carlo estimate of I_q with the N images' own codes has the form of InfoNCE (van den
+  Oord et al. 2018; Poole et al. 2019), so it cannot tell more than log N nats apart: for a
+  code of many dimensions it under-states I_q and over-states KL(q(z) || p(z)).
+  :func:`marginal_kl_bounds` brackets the marginal KL from both sides: below by the KL of the
+  Gaussian with q(z)'s mean and covariance (:func:`moment_matched_kl`), above by that estimate.
+
+The threshold 0.01 on A_j is also a floor in nats: R_j = (1/N) sum_n KL(q(z_j|x_n) || N(0, 1))
+>= A_j / 2, so an active unit carries more than 0.005 nats (:func:`rate_and_distortion` gives
+every R_j, to read beside the count).
+
 Inputs are the encoder's outputs on a data set: ``means`` and ``logvars`` of shape (N, J).
 """
 
@@ -42,6 +52,8 @@ __all__ = [
     "active_units",
     "aggregate_log_density",
     "kl_decomposition",
+    "marginal_kl_bounds",
+    "moment_matched_kl",
     "rate_and_distortion",
     "unit_activity",
 ]
@@ -156,3 +168,37 @@ def kl_decomposition(means: ArrayLike, logvars: ArrayLike, key: jax.Array, draws
         "marginal_kl": float(marginal),
         "log_n": math.log(m.shape[0]),
     }
+
+
+def moment_matched_kl(means: ArrayLike, logvars: ArrayLike) -> float:
+    """KL(N(mu, Sigma) || N(0, I)) for the mean mu and covariance Sigma of the aggregate posterior.
+
+    q(z) = (1/N) sum_n N(m_n, diag(s_n^2)) has mean mu = mean_n m_n and covariance
+    Sigma = Cov_n(m_n) + mean_n diag(s_n^2). Since log p(z) is quadratic, E_q[log p] is the same
+    under q(z) and under the Gaussian g with its moments, and the Gaussian has the largest
+    entropy of all distributions with that covariance, so
+
+        KL(q(z) || p(z)) = KL(q || g) + KL(g || p) >= KL(g || p),
+
+    a lower bound on the marginal KL, in closed form: 1/2 [tr Sigma + |mu|^2 - J - log det Sigma].
+    """
+    m, lv = _codes(means, logvars, min_n=2)
+    m64, v64 = np.asarray(m, np.float64), np.exp(np.asarray(lv, np.float64))
+    mu = m64.mean(axis=0)
+    sigma = np.cov(m64, rowvar=False, bias=True).reshape(m64.shape[1], m64.shape[1]) + np.diag(v64.mean(axis=0))
+    _, logdet = np.linalg.slogdet(sigma)
+    return float(0.5 * (np.trace(sigma) + mu @ mu - m64.shape[1] - logdet))
+
+
+def marginal_kl_bounds(means: ArrayLike, logvars: ArrayLike, key: jax.Array, draws: int = 1) -> dict[str, float]:
+    """KL(q(z) || p(z)) bracketed: ``{"lower", "upper", "log_n"}`` in nats.
+
+    ``lower`` is :func:`moment_matched_kl`, a bound for the mixture of these N posteriors.
+    ``upper`` is :func:`kl_decomposition`'s marginal KL of that mixture: for the aggregate
+    posterior of the population the images come from, it is an upper bound in expectation,
+    since the I_q it leaves over is an InfoNCE-type lower bound on the information (at most
+    log N). Both are measured on the N codes given; the upper one is close to the truth only
+    when I_q is well under log N.
+    """
+    split = kl_decomposition(means, logvars, key, draws=draws)
+    return {"lower": moment_matched_kl(means, logvars), "upper": split["marginal_kl"], "log_n": split["log_n"]}
