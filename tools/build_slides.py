@@ -95,7 +95,8 @@ CHARS_PER_LINE = 100  # prose across the 1200 px text width
 FIGURE_MAX_W = 1180  # a figure's width on the slide, at most
 FIGURE_UPSCALE = 1.35  # a figure beside text is enlarged up to this much ...
 FIGURE_ALONE_UPSCALE = 2.0  # ... and one on its own slide up to this much, to fill the slide
-MIN_FIGURE_SCALE = 1.0  # smaller than its natural size, a figure goes on a slide of its own
+MIN_FIGURE_SCALE = 1.0  # smaller than its natural size, a figure goes on a slide of its own ...
+MIN_FIGURE_TYPE_PX = 14 * 96 / 72  # ... or where its smallest type would be under 14 pt (18.7 px)
 CODE_LINE, OUTPUT_LINE = 0.75, 0.67  # a line of code (20 px), of printed output (18 px), in lines
 TABLE_ROW = 1.0  # a row of a table at 22 px, in lines
 OUTPUT_MAX_LINES = 16  # longer printed output scrolls inside its box (deck.css)
@@ -226,6 +227,49 @@ def _measure_outputs(cell) -> tuple[float, list[tuple[int, int]]]:
             text = "".join(output.get("text") or data.get("text/plain", "") or output.get("traceback", ""))
             lines += OUTPUT_LINE * min(OUTPUT_MAX_LINES, _wrapped(text, OUTPUT_CHARS)) + 0.5
     return lines, figures
+
+
+PLOTTING = REPO / "vae_lib" / "notebook" / "plotting.py"
+PLOTTING_IMPORT = re.compile(r"from vae_lib\.notebook import[^\n]*\bplotting\b|import vae_lib\.notebook\.plotting")
+EXPLICIT_SIZE = re.compile(r"\b(?:fontsize|labelsize)\s*=\s*(\d+(?:\.\d+)?)")
+
+
+def type_points(nb: nbformat.NotebookNode) -> dict[int, float]:
+    """The smallest type (pt) each code cell's figures are drawn with, by the cell's position: 14
+    once the notebook has imported vae_lib.notebook.plotting (it sets matplotlib's default), else
+    matplotlib's 10, or less where the cell, or a plotting function it calls, asks for a smaller
+    `fontsize=`/`labelsize=` in points. An estimate from the code, not from the picture."""
+    plotting = PLOTTING.read_text() if PLOTTING.is_file() else ""
+    small = {
+        name: [float(x) for x in EXPLICIT_SIZE.findall(body)]
+        for name, body in re.findall(r"\ndef (\w+)\((.*?)(?=\ndef |\Z)", plotting, re.S)
+    }
+    base, points = 10.0, {}
+    for k, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        if PLOTTING_IMPORT.search(cell.source):
+            base = 14.0
+        sizes = [float(x) for x in EXPLICIT_SIZE.findall(cell.source)]
+        sizes += [p for name, ps in small.items() if f"plotting.{name}(" in cell.source for p in ps]
+        points[k] = min([base, *sizes])
+    return points
+
+
+def _png_dpi(data) -> float:
+    """The dots per inch matplotlib wrote into a PNG (its pHYs chunk); 100 where there is none."""
+    raw = base64.b64decode("".join(data)[:512])
+    k = raw.find(b"pHYs")
+    if k < 0 or len(raw) < k + 13:
+        return 100.0
+    per_metre, _, unit = struct.unpack(">IIB", raw[k + 4 : k + 13])
+    return per_metre * 0.0254 if unit == 1 and per_metre else 100.0
+
+
+def _readable_scale(cell, points: float) -> float:
+    """The scale at which the smallest type of the cell's figures is 14 pt on the slide."""
+    dpis = [_png_dpi(o["data"]["image/png"]) for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+    return max((MIN_FIGURE_TYPE_PX / (points * dpi / 72) for dpi in dpis), default=0.0)
 
 
 def _figure_scale(figures: list[tuple[int, int]], room_lines: float, upscale: float) -> float:
@@ -395,9 +439,10 @@ def _add_cut(deck: Deck, cell, source: str) -> None:
             deck.join(piece, lines)
 
 
-def _add_code(deck: Deck, cell) -> None:
+def _add_code(deck: Deck, cell, points: float = 14.0) -> None:
     """A tagged code cell: skipped without output; else its output on the slide before when it
-    fits there (figures at least at their natural size), or on a slide of its own."""
+    fits there with its figures at least at their natural size and their type (`points`, see
+    :func:`type_points`) at 14 pt or more, or on a slide of its own, its figures filling it."""
     if not lp.has_output(cell):
         deck.skip(cell)
         return
@@ -415,7 +460,7 @@ def _add_code(deck: Deck, cell) -> None:
     other, figures = _measure_outputs(cell)
     room = deck.room() - code - other
     scale = _figure_scale(figures, room, FIGURE_UPSCALE)
-    if room > 0 and scale >= MIN_FIGURE_SCALE:
+    if room > 0 and scale >= max(MIN_FIGURE_SCALE, _readable_scale(cell, points)):
         deck.join(cell, code + other + _size_figures(cell, scale))
         return
     scale = _figure_scale(figures, LINES_PER_SLIDE - code - other, FIGURE_ALONE_UPSCALE)
@@ -473,7 +518,8 @@ def plan(nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, dict]:
     title_slide = title_cell()
     deck.start(title_slide, "slide", 11.0, written=True)
     notes_words = 0
-    for cell in nb.cells:
+    points = type_points(nb)
+    for k, cell in enumerate(nb.cells):
         if not is_lecture(cell):
             deck.skip(cell)
         elif cell.cell_type == "markdown":
@@ -490,7 +536,7 @@ def plan(nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, dict]:
             else:
                 _add_written(deck, cell, text)
         else:
-            _add_code(deck, cell)
+            _add_code(deck, cell, points[k])
     shown = [c for s in deck.slides for c in s.cells]
     numbers = {
         "slides": len(deck.slides),
@@ -634,6 +680,7 @@ def write_index(decks: list[tuple[Path, str, dict]], out: Path) -> Path:
 
 # ------------------------------------------------------------------ handouts
 PDF_TIMEOUT_S = 180
+PDF_TRIES = 3
 
 
 def find_chromium() -> str | None:
@@ -646,10 +693,17 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def write_pdfs(decks: list[Path], out: Path) -> list[Path]:
+def pdf_pages(pdf: Path) -> int:
+    """The number of pages of a PDF Chromium wrote (its page objects are not compressed)."""
+    return len(re.findall(rb"/Type\s*/Page[^s]", pdf.read_bytes()))
+
+
+def write_pdfs(decks: list[Path], out: Path, slides: list[int] | None = None) -> list[Path]:
     """Print each deck's print view (`?print-pdf`) to `NN_name.pdf` beside it with headless
-    Chromium, served from 127.0.0.1 with every other host unreachable; return the PDFs. Prints
-    one line and returns [] where no Chromium is installed."""
+    Chromium, served from 127.0.0.1 with every other host unreachable; return the PDFs. Where
+    `slides` gives each deck's slide count, a PDF with another number of pages (printed before
+    the deck had laid itself out, on a busy machine) is printed again, up to PDF_TRIES times.
+    Prints one line and returns [] where no Chromium is installed."""
     chromium = find_chromium()
     if chromium is None:
         print("no chromium, chromium-browser or google-chrome on PATH: PDF handouts skipped")
@@ -682,12 +736,17 @@ def write_pdfs(decks: list[Path], out: Path) -> list[Path]:
                     f"--print-to-pdf={pdf}",
                     f"http://127.0.0.1:{port}/{deck.name}?print-pdf",
                 ]
-                result = subprocess.run(command, capture_output=True, text=True, timeout=PDF_TIMEOUT_S)
+                want = slides[decks.index(deck)] if slides else None
+                for _ in range(PDF_TRIES):
+                    result = subprocess.run(command, capture_output=True, text=True, timeout=PDF_TIMEOUT_S)
+                    if result.returncode == 0 and pdf.is_file() and want in (None, pdf_pages(pdf)):
+                        break
                 if result.returncode != 0 or not pdf.is_file():
                     print(f"{nc.shown(deck)}: Chromium printed no PDF: {result.stderr.strip()[-300:]}")
                     continue
                 made.append(pdf)
-                print(nc.shown(pdf))
+                pages = pdf_pages(pdf)
+                print(f"{nc.shown(pdf)}: {pages} pages" + ("" if want in (None, pages) else f" for {want} slides"))
     finally:
         server.shutdown()
         server.server_close()
@@ -712,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
     link_siblings(paths, args.out)
     if args.no_pdf:
         print("--no-pdf: PDF handouts not printed")
-    elif write_pdfs([d for d, _, _ in decks], args.out):
+    elif write_pdfs([d for d, _, _ in decks], args.out, [n["slides"] for _, _, n in decks]):
         write_index(decks, args.out)
     return 0
 
