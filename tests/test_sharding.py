@@ -211,17 +211,30 @@ def test_fit_sharded_trains_what_train_epoch_trains_on_one_device(fashion_train)
 
 
 @on_cpu_devices
-def test_pmean_step_equals_the_same_per_device_program_run_by_vmap_on_one_device(fashion_train):
+def test_pmean_step_equals_blockwise_step_on_one_device(fashion_train):
     images, key, mesh = fashion_train[0][:128], jax.random.key(2), sharding.make_mesh(8)
-    reference = jax.vmap(sharded_training.per_device_step, in_axes=(None, 0, None), out_axes=None, axis_name="data")
     start = _state()
-    expected, expected_metrics = jax.jit(reference)(start, images.reshape(8, 16, 28, 28), key)
+    expected, expected_metrics = jax.jit(sharded_training.blockwise_step, static_argnums=3)(start, images, key, 8)
     state = sharding.place(start, sharding.state_shardings(start, mesh))
-    got, metrics = sharded_training.pmean_step(mesh)(
-        state, sharding.shard_batch(images, sharding.batch_sharding(mesh), 128), key
-    )
+    batch = sharding.shard_batch(images, sharding.batch_sharding(mesh), 128)
+    step = sharded_training.pmean_step(mesh)
+    assert sharding.collectives(step.lower(state, batch, key).compile().as_text()) == {"all-reduce": 1}
+    got, metrics = step(state, batch, key)
     assert float(metrics["loss"]) == pytest.approx(float(expected_metrics["loss"]), rel=1e-6)
     assert _max_diff(got.params, expected.params) <= TOLERANCE
+
+
+@on_cpu_devices
+def test_without_variance_tracking_each_device_takes_its_own_gradient_and_the_step_is_wrong(fashion_train):
+    """The trap of notebook 07's exercise 2: the loss still agrees, the parameters do not."""
+    images, key, mesh = fashion_train[0][:128], jax.random.key(2), sharding.make_mesh(8)
+    start = _state()
+    expected, expected_metrics = jax.jit(sharded_training.blockwise_step, static_argnums=3)(start, images, key, 8)
+    state = sharding.place(start, sharding.state_shardings(start, mesh))
+    batch = sharding.shard_batch(images, sharding.batch_sharding(mesh), 128)
+    got, metrics = sharded_training.pmean_step(mesh, check_vma=False)(state, batch, key)
+    assert float(metrics["loss"]) == pytest.approx(float(expected_metrics["loss"]), rel=1e-6)
+    assert _max_diff(got.params, expected.params) > 10 * TOLERANCE
 
 
 @on_cpu_devices
@@ -258,3 +271,54 @@ def test_shard_batch_and_fit_sharded_reject_a_batch_that_does_not_split_evenly(f
 def test_shard_batch_rejects_rows_that_are_not_this_processs_share(fashion_train):
     with pytest.raises(ValueError, match=r"supplies rows 0\.\.127 .* but got 64"):
         sharding.shard_batch(fashion_train[0][:64], sharding.batch_sharding(sharding.make_mesh(8)), 128)
+
+
+@on_cpu_devices
+def test_create_sharded_makes_the_same_state_laid_out_from_the_start():
+    mesh = sharding.make_mesh(8)
+
+    def make():
+        return training.create_train_state(VAE(hidden=64, latent=4, rngs=nnx.Rngs(0)))
+
+    state = sharding.create_sharded(make, mesh, "fsdp")
+    expected = make()
+    assert _max_diff(state.params, expected.params) == 0.0
+    layout = jax.tree.leaves(sharding.state_shardings(expected, mesh, "fsdp"))
+    assert all(x.sharding.is_equivalent_to(s, x.ndim) for x, s in zip(jax.tree.leaves(state), layout, strict=True))
+
+
+@on_cpu_devices
+def test_fsdp_step_reduce_scatters_the_gradients_and_equals_blockwise_step(fashion_train):
+    images, key, mesh = fashion_train[0][:128], jax.random.key(5), sharding.make_mesh(8)
+    start = _state(hidden=256, latent=8)
+    expected, _ = jax.jit(sharded_training.blockwise_step, static_argnums=3)(start, images, key, 8)
+    layout = sharding.state_shardings(start, mesh, "fsdp")
+    batches = sharding.batch_sharding(mesh)
+    batch = sharding.shard_batch(images, batches, 128)
+    for remat in (False, True):
+        step = sharded_training.fsdp_step(layout, batches, remat=remat)
+        lowered = step.lower(sharding.place(start, layout), batch, key)
+        found = sharding.collectives(lowered.compile().as_text())
+        assert found.get("reduce-scatter", 0) >= 4 and found.get("all-reduce", 0) == 1  # the small arrays
+        gathers = lowered.as_text().count("stablehlo.all_gather")  # before XLA's passes
+        assert gathers > found["all-gather"] if remat else gathers == found["all-gather"]
+        got, _ = step(sharding.place(start, layout), batch, key)
+        assert _max_diff(got.params, expected.params) <= TOLERANCE
+        for x, s in zip(jax.tree.leaves(got.params), jax.tree.leaves(layout.params), strict=True):
+            assert x.sharding.is_equivalent_to(s, x.ndim)
+
+
+# ------------------------------------------------------------------ gradient accumulation (one device)
+def test_accumulated_gradients_equal_the_gradient_of_the_whole_batch_split_the_same_way(fashion_train):
+    images, key, start = fashion_train[0][:128], jax.random.key(6), _state()
+    got, _ = jax.jit(sharded_training.accumulated_gradients, static_argnums=3)(start, images, key, 4)
+    xs, z_keys = sharded_training.micro_batches(images, key, 4)
+    grad = jax.grad(sharded_training.blockwise_loss(start.loss_fn), has_aux=True)
+    expected, _ = jax.jit(grad, static_argnums=1)(start.params, start.graphdef, xs, z_keys)
+    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        assert float(jnp.max(jnp.abs(g - e))) <= 1e-5 * float(jnp.max(jnp.abs(e)))
+
+
+def test_micro_batches_refuse_a_batch_that_does_not_split_evenly(fashion_train):
+    with pytest.raises(ValueError, match="does not split into 3 equal blocks"):
+        sharded_training.micro_batches(fashion_train[0][:128], jax.random.key(0), 3)

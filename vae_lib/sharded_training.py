@@ -12,7 +12,13 @@ Notebook 07 teaches it, in this order:
    examples and keys depend on the step number only, so any number of devices and processes
    trains exactly what one device trains (to float rounding).
 4. :func:`per_device_step` and :func:`pmean_step`: the same step as each device runs it under
-   ``jax.shard_map``, with the all-reduce written by hand (``jax.lax.pmean``).
+   ``jax.shard_map``, with the mean over the devices written by hand (``jax.lax.pmean`` of the
+   loss); :func:`blockwise_step` computes the same numbers on one device.
+5. :func:`fsdp_step`: FSDP written per device: each weight gathered by hand
+   (``jax.lax.all_gather``), its gradient reduce-scattered by differentiation, and optionally
+   gathered again in the backward pass instead of kept (``remat``).
+6. :func:`accumulated_gradients`: gradient accumulation, the mean gradient of k micro-batches
+   taken one after another.
 
 Running it in several processes is :mod:`vae_lib.distributed`.
 """
@@ -23,8 +29,8 @@ import functools
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
@@ -35,10 +41,15 @@ from vae_lib.sharding import DATA, batch_sharding, place, process_rows, replicat
 from vae_lib.training import TrainState
 
 __all__ = [
+    "accumulated_gradients",
     "batch_schedule",
+    "blockwise_loss",
+    "blockwise_step",
     "fit_sharded",
+    "fsdp_step",
     "gather_weights",
-    "mean_gradients",
+    "mean_loss",
+    "micro_batches",
     "per_device_step",
     "pmean_step",
     "sharded_step",
@@ -194,47 +205,168 @@ def fit_sharded(
     return state, np.array([float(loss) for loss in losses])
 
 
-def mean_gradients(tx: optax.GradientTransformation, axis: str) -> optax.GradientTransformation:
-    """``tx`` applied to the gradients averaged over the devices of ``axis``: one pmean."""
+def mean_loss(loss_fn: training.LossFn, axis: str) -> training.LossFn:
+    """``loss_fn`` averaged over the devices of ``axis`` (``jax.lax.pmean`` of the loss and metrics).
 
-    def update(grads, opt_state, params=None):
-        return tx.update(jax.lax.pmean(grads, axis), opt_state, params)
+    Under ``jax.shard_map`` with its default variance tracking (``check_vma=True``), the gradient
+    of this mean with respect to a parameter every device holds whole is the mean of the
+    devices' gradients, and the same on every device: differentiation inserts the one
+    all-reduce. With the tracking off it is not: each device gets the gradient of its own rows.
+    """
 
-    return optax.GradientTransformation(tx.init, update)
+    def loss(params, graphdef, x, key):
+        return jax.lax.pmean(loss_fn(params, graphdef, x, key), axis)
+
+    return loss
 
 
 def per_device_step(state: TrainState, images: ArrayLike, key: jax.Array, axis: str = DATA) -> tuple[TrainState, dict]:
-    """One training step as each device runs it: its own rows, its own noise, one pmean.
+    """One training step as each device runs it: its own rows, its own noise, the loss averaged.
 
     Each device binarizes its rows and draws its z with the step's key folded with its own
     index along ``axis`` (the same key on every device would give every device the same
-    noise), takes the gradient of the loss on its rows, and averages the gradients with the
-    others (``jax.lax.pmean``) before the optimizer's update, which then runs identically
-    on every device. It reuses :func:`vae_lib.training.apply_gradients`: the pmean sits at
-    the optimizer's input.
+    noise), and differentiates the loss averaged over the devices (:func:`mean_loss`), so
+    its gradient is the mean gradient; the optimizer's update then runs identically on
+    every device. It reuses :func:`vae_lib.training.apply_gradients`.
 
-    Runs under ``jax.shard_map`` with ``check_vma=False`` (:func:`pmean_step`), and under
-    ``jax.vmap(..., axis_name=axis)`` on one device, which computes the same numbers.
+    Runs under ``jax.shard_map`` with variance tracking on (:func:`pmean_step`);
+    :func:`blockwise_step` computes the same numbers on one device.
 
     Returns:
         ``(new state, metrics averaged over the devices)``.
     """
     x, z_key = training.step_inputs(images, jax.random.fold_in(key, jax.lax.axis_index(axis)), state.binarize)
-    new, metrics = training.apply_gradients(state.replace(tx=mean_gradients(state.tx, axis)), x, z_key)
-    return new.replace(tx=state.tx), jax.lax.pmean(metrics, axis)
+    new, metrics = training.apply_gradients(state.replace(loss_fn=mean_loss(state.loss_fn, axis)), x, z_key)
+    return new.replace(loss_fn=state.loss_fn), metrics
 
 
-def pmean_step(mesh: Mesh, axis: str = DATA) -> Callable:
+def pmean_step(mesh: Mesh, axis: str = DATA, check_vma: bool = True) -> Callable:
     """:func:`per_device_step` on every device of ``mesh``: the batch split, the state replicated.
 
-    ``check_vma=False`` turns off shard_map's tracking of which values differ between
-    devices. With it on (the default), ``jax.grad`` of a replicated parameter already sums
-    the gradient over the devices (copying a value to every device transposes to a sum),
-    and the pmean on top would leave n times the mean gradient.
+    ``jax.shard_map`` keeps its default ``check_vma=True``: it tracks which values vary
+    between devices, so that differentiating the averaged loss gives every device the mean
+    gradient, and it refuses to return as replicated (``out_specs=P()``) a value that varies.
+    ``check_vma=False`` is the trap notebook 07's exercise measures: each device then gets
+    the gradient of its own rows only, the copies of the parameters part, and nothing checks
+    that what is returned as replicated is the same everywhere (device 0's copy comes out).
 
     Returns:
         ``step(state, images, key) -> (state, metrics)``, compiled, the state donated.
     """
     local = functools.partial(per_device_step, axis=axis)
-    mapped = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P()), out_specs=(P(), P()), check_vma=False)
+    mapped = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P()), out_specs=(P(), P()), check_vma=check_vma)
     return jax.jit(mapped, donate_argnums=0)
+
+
+def micro_batches(images: ArrayLike, key: jax.Array, num: int, binarize: bool = True) -> tuple[jax.Array, jax.Array]:
+    """The batch as ``num`` blocks of consecutive rows, block j prepared with ``fold_in(key, j)``.
+
+    Block j is what device j of :func:`per_device_step` prepares from its rows.
+
+    Returns:
+        ``(x, z_keys)``: x of shape ``(num, rows // num, 784)``, and each block's key for z.
+
+    Raises:
+        ValueError: the rows do not split into ``num`` equal blocks.
+    """
+    images = jnp.asarray(images)
+    if num < 1 or images.shape[0] % num:
+        raise ValueError(f"a batch of {images.shape[0]} rows does not split into {num} equal blocks.")
+    blocks = images.reshape(num, images.shape[0] // num, *images.shape[1:])
+    prepare = jax.vmap(lambda rows, j: training.step_inputs(rows, jax.random.fold_in(key, j), binarize))
+    return prepare(blocks, jnp.arange(num))
+
+
+def blockwise_loss(loss_fn: training.LossFn) -> training.LossFn:
+    """``loss_fn`` on each block of :func:`micro_batches`, averaged over the blocks, on one device."""
+
+    def loss(params, graphdef, xs, z_keys):
+        per_block = jax.vmap(loss_fn, in_axes=(None, None, 0, 0))(params, graphdef, xs, z_keys)
+        return jax.tree.map(lambda v: jnp.mean(v, axis=0), per_block)
+
+    return loss
+
+
+def blockwise_step(state: TrainState, images: ArrayLike, key: jax.Array, num_blocks: int) -> tuple[TrainState, dict]:
+    """On one device, the step :func:`pmean_step` takes on ``num_blocks`` devices (to float rounding).
+
+    The batch split into ``num_blocks`` blocks (:func:`micro_batches`), the loss averaged over
+    them (:func:`blockwise_loss`), one optimizer update.
+    """
+    xs, z_keys = micro_batches(images, key, num_blocks, state.binarize)
+    new, metrics = training.apply_gradients(state.replace(loss_fn=blockwise_loss(state.loss_fn)), xs, z_keys)
+    return new.replace(loss_fn=state.loss_fn), metrics
+
+
+def accumulated_gradients(state: TrainState, images: ArrayLike, key: jax.Array, num_micro: int) -> tuple[object, dict]:
+    """Gradient accumulation: the mean gradient of ``num_micro`` micro-batches, one after another.
+
+    Each micro-batch's gradient is computed and added to a running sum (``jax.lax.scan``), so
+    only one micro-batch's activations exist at a time; the mean equals the gradient of
+    :func:`blockwise_loss` on the whole batch (to float rounding), the gradient
+    :func:`blockwise_step` and :func:`pmean_step` apply.
+
+    Returns:
+        ``(gradients, metrics averaged over the micro-batches)``.
+    """
+    xs, z_keys = micro_batches(images, key, num_micro, state.binarize)
+    grad = jax.grad(state.loss_fn, has_aux=True)
+
+    def add(total, block):
+        g, metrics = grad(state.params, state.graphdef, *block)
+        return jax.tree.map(jnp.add, total, g), metrics
+
+    total, metrics = jax.lax.scan(add, jax.tree.map(jnp.zeros_like, state.params), (xs, z_keys))
+    return jax.tree.map(lambda g: g / num_micro, total), jax.tree.map(lambda v: jnp.mean(v, axis=0), metrics)
+
+
+def fsdp_step(state_layout: TrainState, batch_layout: NamedSharding, remat: bool = False) -> Callable:
+    """FSDP written per device: gather each split weight by hand, reduce-scatter its gradient.
+
+    Each device holds its slice of every array that ``state_layout`` splits. In the loss it
+    gathers each such parameter whole (``jax.lax.all_gather``, tiled along the split axis),
+    then computes the averaged loss on its rows (:func:`mean_loss`). Differentiating an
+    all-gather gives a reduce-scatter (``jax.lax.psum_scatter``): each device receives the
+    sum of its slice of the gradient only, so the optimizer updates slices. Parameters that
+    are whole on every device get their gradient by one all-reduce, as in :func:`pmean_step`.
+
+    Args:
+        state_layout: the state's shardings (:func:`vae_lib.sharding.state_shardings`, ``"fsdp"``).
+        batch_layout: the batch's sharding; its mesh axis is the one FSDP splits over.
+        remat: wrap the loss in ``jax.checkpoint`` saving only matmul outputs, so that the
+            backward pass gathers the weights again instead of keeping them from the forward
+            pass. (The CPU compiler merges the two gathers again; GPU and TPU compilers keep
+            them apart.)
+
+    Returns:
+        ``step(state, images, key) -> (state, metrics)``, compiled, the state donated; the same
+        numbers as :func:`blockwise_step` on one device, to float rounding.
+    """
+    axis, mesh = batch_layout.spec[0], batch_layout.mesh
+    specs = jax.tree.map(lambda s: s.spec, (state_layout.params, state_layout.opt_state, state_layout.step))
+
+    def gather(p, spec):
+        if axis not in tuple(spec):
+            return p
+        return jax.lax.all_gather(p, axis, axis=tuple(spec).index(axis), tiled=True)
+
+    def step(state, images, key):
+        averaged = mean_loss(state.loss_fn, axis)
+
+        def loss(shards, graphdef, x, z_key):
+            return averaged(jax.tree.map(gather, shards, specs[0]), graphdef, x, z_key)
+
+        if remat:
+            loss = jax.checkpoint(loss, policy=jax.checkpoint_policies.dots_saveable, static_argnums=(1,))
+
+        def local(arrays, images, key):  # the arrays of the state: this device's slices
+            here = state.replace(params=arrays[0], opt_state=arrays[1], step=arrays[2], loss_fn=loss)
+            x, z_key = training.step_inputs(images, jax.random.fold_in(key, jax.lax.axis_index(axis)), state.binarize)
+            new, metrics = training.apply_gradients(here, x, z_key)
+            return (new.params, new.opt_state, new.step), metrics
+
+        mapped = jax.shard_map(local, mesh=mesh, in_specs=(specs, batch_layout.spec, P()), out_specs=(specs, P()))
+        (params, opt_state, count), metrics = mapped((state.params, state.opt_state, state.step), images, key)
+        return state.replace(params=params, opt_state=opt_state, step=count), metrics
+
+    return jax.jit(step, donate_argnums=0)

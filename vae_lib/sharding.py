@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -37,6 +38,7 @@ __all__ = [
     "batch_sharding",
     "bytes_per_device",
     "collectives",
+    "create_sharded",
     "fsdp_spec",
     "make_mesh",
     "place",
@@ -135,6 +137,23 @@ def state_shardings(tree: Any, mesh: Mesh, layout: str = "replicated", axis: str
         return NamedSharding(mesh, fsdp_spec(np.shape(leaf), n, axis))
 
     return jax.tree.map(one, tree)
+
+
+def create_sharded(make: Callable[[], Any], mesh: Mesh, layout: str = "replicated", axis: str = DATA) -> Any:
+    """Build a state with every array created on the devices ``layout`` assigns it, never whole.
+
+    ``make()`` (for example ``lambda: create_train_state(VAE(rngs=nnx.Rngs(0)))``) is traced
+    once for its shapes (``jax.eval_shape``, nothing computed), the layout is chosen from
+    those shapes (:func:`state_shardings`), and ``make`` then runs compiled with those
+    ``out_shardings``: each device computes only its own slices of the random initial weights
+    and of Adam's zeros, so no device (and no host) ever holds a whole copy. In several
+    processes each one computes the slices of its own devices.
+
+    Returns:
+        What ``make`` returns, each array laid out as ``layout`` says.
+    """
+    shardings = state_shardings(jax.eval_shape(make), mesh, layout, axis)
+    return jax.jit(make, out_shardings=shardings)()
 
 
 def place(tree: Any, shardings: Any) -> Any:
