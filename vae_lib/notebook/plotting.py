@@ -63,7 +63,7 @@ def class_examples(images, labels, per_class: int = 8, class_names: Sequence[str
     labels = np.asarray(labels)
     rows = [np.asarray(images)[np.flatnonzero(labels == c)[:per_class]] for c in range(len(class_names))]
     mosaic = tile(np.concatenate(rows), per_class)
-    fig, ax = plt.subplots(figsize=(per_class * 0.8 + 1.5, len(class_names) * 0.8))
+    fig, ax = plt.subplots(figsize=(per_class * 0.55 + 2.2, len(class_names) * 0.55 + 1.0))  # fits a 720-px slide
     ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=1)
     step = mosaic.shape[0] / len(class_names)
     ax.set_yticks([(i + 0.5) * step for i in range(len(class_names))], class_names)
@@ -103,7 +103,7 @@ def latent_scatter(
         raise ValueError(f"latent_scatter needs codes of shape (N, 2); got {codes.shape}.")
     fig = None
     if ax is None:
-        fig, ax = plt.subplots(figsize=(6.5, 5))
+        fig, ax = plt.subplots(figsize=(8.5, 5))
     cmap = plt.get_cmap("tab10")
     for c, name in enumerate(class_names):
         sel = labels == c
@@ -111,7 +111,7 @@ def latent_scatter(
     ax.set_title(title)
     ax.set_xlabel("$z_1$")
     ax.set_ylabel("$z_2$")
-    ax.legend(markerscale=4, fontsize=7, loc="best")
+    ax.legend(markerscale=4, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     if fig is not None:
         fig.tight_layout()
     return fig if fig is not None else ax.figure
