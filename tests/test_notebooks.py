@@ -32,8 +32,14 @@ def _code(path):
 
 
 def test_the_series_has_notebooks_numbered_without_gaps():
-    numbers = [int(p.name[:2]) for p in NOTEBOOKS]
-    assert numbers == list(range(1, len(numbers) + 1)), [p.name for p in NOTEBOOKS]
+    """01, 02, 02b, 03, ...: the numbers run without gaps; a notebook in parts adds b, c, ... in order."""
+    names = [p.name for p in NOTEBOOKS]
+    parts = [re.match(r"(\d\d)([a-z]?)_", name).groups() for name in names]
+    numbers = sorted({int(n) for n, _ in parts})
+    assert numbers == list(range(1, len(numbers) + 1)), names
+    for number in numbers:
+        letters = [letter for n, letter in parts if int(n) == number]
+        assert letters == ["", "b", "c", "d"][: len(letters)], names
 
 
 @pytest.fixture(params=NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])

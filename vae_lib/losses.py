@@ -12,13 +12,13 @@ dict of scalars whose ``"loss"`` entry is the true loss (for a surrogate, not th
   (notebooks 02 and 04);
 * :func:`autoencoder_loss`: the reconstruction cross-entropy of an autoencoder (notebook 01);
 * :func:`score_function_loss`: a surrogate whose gradient is the score-function estimate
-  for the encoder (notebook 03);
+  for the encoder (notebooks 03 and 03b);
 * :func:`beta_vae_loss`: the reconstruction term plus beta times the KL, optionally with
   free bits (notebook 06); ``functools.partial(beta_vae_loss, beta=4.0)`` is a ``loss_fn``;
 * :func:`pathwise_loss`, :func:`sticking_the_landing_loss`, :func:`leave_one_out_score_loss`:
   with K samples of z per image, the pathwise estimate averaged over K, the "sticking the
   landing" pathwise estimate (Roeder et al. 2017) and the score-function estimate with a
-  leave-one-out baseline (RLOO; Kool et al. 2019), at matched compute (notebook 03). Bind K
+  leave-one-out baseline (RLOO; Kool et al. 2019), at matched compute (notebook 03b). Bind K
   with ``functools.partial(pathwise_loss, num_samples=4)``.
 
 Any of them trains with :func:`vae_lib.training.fit` (``loss_fn=...``).
@@ -196,7 +196,7 @@ def score_function_loss(
     return -jnp.mean(surrogate), vae_metrics(log_px, kl)
 
 
-# ------------------------------------------------------------------ K samples per image (notebook 03)
+# ----------------------------------------------------------------- K samples per image (notebook 03b)
 def _check_num_samples(num_samples: int, least: int = 1) -> int:
     if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < least:
         raise ValueError(f"num_samples (K) must be an integer >= {least}; got {num_samples!r}.")
