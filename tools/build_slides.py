@@ -18,7 +18,7 @@ headings and, where too long for one slide, at paragraph breaks (its own text on
 
 A tagged code cell without output is skipped (it still runs in the live copy). One with output
 shows it: the input is hidden where the output is the point (a figure, code that mostly prints,
-or more than 12 lines), `# NBVAL_...` marker lines are left out of the code shown. An output
+or more than 8 lines), `# NBVAL_...` marker lines are left out of the code shown. An output
 stays on the slide before when it fits there with its figures at least at their natural size
 (fonts as drawn: vae_lib.notebook.plotting draws at 14 pt), else it gets a slide of its own
 and its figures fill the slide. Code is shown at 20 px and printed output at 18 px (long lines
@@ -92,16 +92,16 @@ SLIDE_W, SLIDE_H = 1280, 720
 LINE_PX = 35.0
 LINES_PER_SLIDE = 19.0  # of the 720 px: margins, the padding of the cells, a little slack
 CHARS_PER_LINE = 100  # prose across the 1200 px text width
-FIGURE_MAX_W = 1180  # a figure's width on the slide, at most
+FIGURE_MAX_W = 1240  # a figure's width on the slide, at most (1280 less the padding)
 FIGURE_UPSCALE = 1.35  # a figure beside text is enlarged up to this much ...
 FIGURE_ALONE_UPSCALE = 2.0  # ... and one on its own slide up to this much, to fill the slide
 MIN_FIGURE_SCALE = 1.0  # smaller than its natural size, a figure goes on a slide of its own ...
 MIN_FIGURE_TYPE_PX = 14 * 96 / 72  # ... or where its smallest type would be under 14 pt (18.7 px)
 CODE_LINE, OUTPUT_LINE = 0.75, 0.67  # a line of code (20 px), of printed output (18 px), in lines
 TABLE_ROW = 1.0  # a row of a table at 22 px, in lines
-OUTPUT_MAX_LINES = 16  # longer printed output scrolls inside its box (deck.css)
+OUTPUT_MAX_LINES = 26  # longer printed output scrolls inside its box (deck.css): a slide of its own holds 26
 CODE_CHARS, OUTPUT_CHARS = 100, 113  # characters across the slide at 20 and 18 px (longer lines wrap)
-CODE_SHOWN_MAX = 12  # longer code that prints something is hidden: its output is the point
+CODE_SHOWN_MAX = 8  # longer code that prints something is hidden: its output is the point
 LONG_LIST = 7  # a list longer than this many lines may be cut between its items
 
 FENCE = re.compile(r"^\s*(```|~~~)")
