@@ -75,6 +75,7 @@ DECKS = [p.stem for p in NOTEBOOKS]
 CONVERTED_DECKS = [
     "01_autoencoder",
     "02_vae_and_the_elbo",
+    "02b_the_note_corrected",
     "03_gradient_estimators",
     "03b_estimators_on_the_vae",
     "04_jit_training",
