@@ -86,7 +86,13 @@ CONVERTED_DECKS = [
 # The decks whose figures were drawn for the slides (re-executed after vae_lib.notebook.plotting
 # set 14 pt type, sized so that the slide can show that type at 14 pt): the figure-type threshold
 # holds for these. Widen it likewise; the others are measured and reported as skipped.
-FIGURES_REDRAWN_DECKS = ["01_autoencoder", "03_gradient_estimators", "03b_estimators_on_the_vae", "04_jit_training", "05_the_trained_vae"]
+FIGURES_REDRAWN_DECKS = [
+    "01_autoencoder",
+    "03_gradient_estimators",
+    "03b_estimators_on_the_vae",
+    "04_jit_training",
+    "05_the_trained_vae",
+]
 MAX_MEDIAN_WORDS, MAX_WORDS = 45, 90  # words of visible text per slide
 MIN_NOTES_SHARE = 0.5  # "speaker notes on most slides"
 MIN_TABLE_PX, MIN_CODE_PX = 20.0, 18.0
