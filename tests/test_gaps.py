@@ -1,4 +1,4 @@
-"""vae_lib.gaps: the approximation and amortization gaps (notebook 06)."""
+"""vae_lib.gaps: the approximation and amortization gaps (notebook 06b)."""
 
 import jax
 import jax.numpy as jnp
