@@ -74,12 +74,14 @@ DECKS = [p.stem for p in NOTEBOOKS]
 # converted; every other deck is measured all the same and reported as skipped with its numbers.
 CONVERTED_DECKS = [
     "01_autoencoder",
+    "02_vae_and_the_elbo",
     "02b_the_note_corrected",
     "03_gradient_estimators",
     "03b_estimators_on_the_vae",
     "04_jit_training",
     "05_the_trained_vae",
     "06_what_the_elbo_hides",
+    "06b_how_good_is_the_vae",
     "07_scaling_out",
 ]
 # The decks whose figures were drawn for the slides (re-executed after vae_lib.notebook.plotting
