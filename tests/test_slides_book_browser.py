@@ -94,6 +94,9 @@ FIGURES_REDRAWN_DECKS = [
     "03b_estimators_on_the_vae",
     "04_jit_training",
     "05_the_trained_vae",
+    "06_what_the_elbo_hides",
+    "06b_how_good_is_the_vae",
+    "07_scaling_out",
 ]
 MAX_MEDIAN_WORDS, MAX_WORDS = 45, 90  # words of visible text per slide
 MIN_NOTES_SHARE = 0.5  # "speaker notes on most slides"
