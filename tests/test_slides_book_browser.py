@@ -83,6 +83,7 @@ CONVERTED_DECKS = [
     "06_what_the_elbo_hides",
     "06b_how_good_is_the_vae",
     "07_scaling_out",
+    "07b_costs_and_processes",
 ]
 # The decks whose figures were drawn for the slides (re-executed after vae_lib.notebook.plotting
 # set 14 pt type, sized so that the slide can show that type at 14 pt): the figure-type threshold
@@ -97,6 +98,7 @@ FIGURES_REDRAWN_DECKS = [
     "06_what_the_elbo_hides",
     "06b_how_good_is_the_vae",
     "07_scaling_out",
+    "07b_costs_and_processes",
 ]
 MAX_MEDIAN_WORDS, MAX_WORDS = 45, 90  # words of visible text per slide
 MIN_NOTES_SHARE = 0.5  # "speaker notes on most slides"
