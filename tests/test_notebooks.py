@@ -172,3 +172,40 @@ def test_tags_a_lecture_path_that_opens_with_the_title_and_keeps_each_section(no
     untagged = [_text(cells[i]).splitlines()[0] for i in sections if i not in tagged]
     assert not untagged, f"numbered sections missing from the lecture path: {untagged}"
     assert len(tagged) < 0.7 * len(cells), "the lecture path should leave the self-study cells out"
+
+
+MAX_CELLS, MAX_MARKDOWN_WORDS = 65, 4000  # one sitting
+
+
+def _reading_time(path) -> int:
+    match = re.search(r"\*\*Reading time\*\*: about (\d+) minutes", _markdown(path)[0])
+    assert match, f"{path.name}: the first cell must say '**Reading time**: about N minutes'"
+    return int(match.group(1))
+
+
+def test_fits_one_sitting(notebook):
+    cells, words = len(_cells(notebook)), sum(len(m.split()) for m in _markdown(notebook))
+    assert cells <= MAX_CELLS and words <= MAX_MARKDOWN_WORDS, f"{notebook.name}: {cells} cells, {words} words"
+
+
+def test_states_its_reading_time_by_the_series_rule(notebook):
+    """150 words of text and 100 of code a minute, a minute per figure, up to the exercises (README)."""
+    text = code = figures = 0
+    for cell in _cells(notebook):
+        source = _text(cell)
+        if cell["cell_type"] == "markdown" and re.match(r"#+\s*Exercises", source.strip()):
+            break
+        if cell["cell_type"] == "markdown":
+            text += len(source.split())
+        else:
+            code += len(source.split())
+            figures += sum("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+    minutes = text / 150 + code / 100 + figures
+    assert abs(_reading_time(notebook) - minutes) <= 2, f"{notebook.name}: the rule gives {minutes:.1f} minutes"
+
+
+def test_the_readme_gives_each_notebook_its_own_reading_time(notebook):
+    readme = (REPO / "README.md").read_text()
+    row = re.search(rf"\(notebooks/{re.escape(notebook.name)}\).*\| about (\d+) min \|", readme)
+    assert row, f"README's table has no row for {notebook.name}"
+    assert int(row.group(1)) == _reading_time(notebook), f"{notebook.name}: README says {row.group(1)} minutes"
