@@ -210,13 +210,19 @@ def test_fit_sharded_trains_what_train_epoch_trains_on_one_device(fashion_train)
         assert _max_diff(got.params, expected.params) <= TOLERANCE
 
 
-@on_cpu_devices
-def test_pmean_step_equals_blockwise_step_on_one_device(fashion_train):
+def _blockwise_reference_and_sharded_inputs(fashion_train):
+    """The one-device reference step on 8 blocks of 128 images, and the same state and batch laid out on 8 devices."""
     images, key, mesh = fashion_train[0][:128], jax.random.key(2), sharding.make_mesh(8)
     start = _state()
     expected, expected_metrics = jax.jit(sharded_training.blockwise_step, static_argnums=3)(start, images, key, 8)
     state = sharding.place(start, sharding.state_shardings(start, mesh))
     batch = sharding.shard_batch(images, sharding.batch_sharding(mesh), 128)
+    return mesh, key, expected, expected_metrics, state, batch
+
+
+@on_cpu_devices
+def test_pmean_step_equals_blockwise_step_on_one_device(fashion_train):
+    mesh, key, expected, expected_metrics, state, batch = _blockwise_reference_and_sharded_inputs(fashion_train)
     step = sharded_training.pmean_step(mesh)
     assert sharding.collectives(step.lower(state, batch, key).compile().as_text()) == {"all-reduce": 1}
     got, metrics = step(state, batch, key)
@@ -227,11 +233,7 @@ def test_pmean_step_equals_blockwise_step_on_one_device(fashion_train):
 @on_cpu_devices
 def test_without_variance_tracking_each_device_takes_its_own_gradient_and_the_step_is_wrong(fashion_train):
     """The trap of notebook 07's exercise 2: the loss still agrees, the parameters do not."""
-    images, key, mesh = fashion_train[0][:128], jax.random.key(2), sharding.make_mesh(8)
-    start = _state()
-    expected, expected_metrics = jax.jit(sharded_training.blockwise_step, static_argnums=3)(start, images, key, 8)
-    state = sharding.place(start, sharding.state_shardings(start, mesh))
-    batch = sharding.shard_batch(images, sharding.batch_sharding(mesh), 128)
+    mesh, key, expected, expected_metrics, state, batch = _blockwise_reference_and_sharded_inputs(fashion_train)
     got, metrics = sharded_training.pmean_step(mesh, check_vma=False)(state, batch, key)
     assert float(metrics["loss"]) == pytest.approx(float(expected_metrics["loss"]), rel=1e-6)
     assert _max_diff(got.params, expected.params) > 10 * TOLERANCE
