@@ -223,6 +223,67 @@ def test_a_figure_with_no_room_left_gets_a_slide_of_its_own_and_fills_its_height
     assert 600 < size["height"] <= slides.LINES_PER_SLIDE * slides.LINE_PX and size["width"] <= slides.FIGURE_MAX_W
 
 
+ROWS = [
+    ("estimator", "variance", "x pathwise"),
+    ("pathwise", "2.68", "1"),
+    ("score, no baseline", "1.21e+08", "4.51e+04"),
+    ("score, best baseline", "87.0 / 87.0", "0.85 ± 0.01"),
+]
+# as the notebooks print tables: labels left-aligned, numbers right-aligned, two blanks or more apart
+PRINTED_TABLE = "\n".join(
+    ["a caption that is not part of the table"]
+    + [f"{a:<22}{b:>12}{c:>13}" for a, b, c in ROWS]
+    + ["a closing remark: also printed text", ""]
+)
+
+
+def _cells(html_text):
+    return [re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row) for row in re.findall(r"<tr>(.*?)</tr>", html_text)]
+
+
+def test_a_printed_table_becomes_an_html_table_with_its_header_and_right_aligned_numbers(slides):
+    [(html_text, lines)] = slides.printed_tables(PRINTED_TABLE)
+    assert _cells(html_text) == [list(row) for row in ROWS]
+    assert "<thead><tr><th>estimator</th>" in html_text and '<td class="num">2.68</td>' in html_text
+    assert "<td>pathwise</td>" in html_text  # the first column's labels stay left-aligned
+    assert html_text.index("a caption") < html_text.index("<table") < html_text.index("a closing remark")
+    assert 0 < lines < slides.LINES_PER_SLIDE
+
+
+def test_printed_output_without_a_table_is_left_as_it_is(slides):
+    code = "def join(processes):\n    import jax\n\n    if processes is None:  # a comment\n        return\n"
+    assert slides.printed_tables(code) is None
+    assert slides.printed_tables("call 1:  1448.2 ms\ncall 2:  6.7 ms\n") is None  # two rows: no table
+    assert slides.printed_tables("one line of text\nanother line\nand a third\n") is None
+
+
+def test_a_printed_table_too_tall_for_a_slide_continues_on_the_next_with_its_header(slides):
+    rows = "\n".join(f"run {k:<3}   {k * 1.5:8.2f}   {k * 2:6d}" for k in range(60))
+    pieces = slides.printed_tables(f"{'run':<7}   {'loss':>8}   {'steps':>6}\n" + rows + "\n")
+    assert len(pieces) >= 3
+    tables = [_cells(html_text) for html_text, _ in pieces]
+    assert all(t[0] == ["run", "loss", "steps"] for t in tables)
+    assert [r[0] for t in tables for r in t[1:]] == [f"run {k}" for k in range(60)]
+    assert all(lines <= slides.LINES_PER_SLIDE for _, lines in pieces)
+
+
+def test_a_cell_s_printed_table_is_shown_as_html_and_its_rest_on_slides_of_its_own(slides):
+    rows = "\n".join(f"run {k:<3}   {k * 1.5:8.2f}   {k * 2:6d}" for k in range(60))
+    cell = _lecture(nbformat.v4.new_code_cell("print(table)"))
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text=f"{'run':<7}   {'loss':>8}   {'steps':>6}\n" + rows + "\n")
+    ]
+    nb = slides.slide_notebook(_written(_md("## 1. One", "A short statement."), cell))
+    shown = next(c for c in nb.cells if c.source == "print(table)")
+    assert shown.outputs[0].output_type == "display_data" and "<table" in shown.outputs[0].data["text/html"]
+    assert slides.HIDE_INPUT in shown.metadata["tags"]  # the table is the point, not the code that prints it
+    assert (
+        shown.outputs[0].data["text/plain"].startswith("run           loss")
+    )  # the printed text, for RISE and the copy
+    rest = [c for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("<table")]
+    assert rest and all(c.metadata["slideshow"]["slide_type"] == "slide" for c in rest)
+
+
 def test_the_title_slide_gives_the_length_the_reading_time_and_what_to_know(slides):
     nb, numbers = slides.plan(_written(_md("## 1. One", "First.")))
     title = nb.cells[0].source

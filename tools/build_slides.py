@@ -17,12 +17,14 @@ markdown cell without `slide` metadata is cut into slides as before the metadata
 headings and, where too long for one slide, at paragraph breaks (its own text on the slide).
 
 A tagged code cell without output is skipped (it still runs in the live copy). One with output
-shows it: the input is hidden where the output is the point (a figure, code that mostly prints,
-or more than 8 lines), `# NBVAL_...` marker lines are left out of the code shown. An output
+shows it: the input is hidden where the output is the point (a figure, a table, code that mostly
+prints, or more than 8 lines), `# NBVAL_...` marker lines are left out of the code shown. An output
 stays on the slide before when it fits there with its figures at least at their natural size
 (fonts as drawn: vae_lib.notebook.plotting draws at 14 pt), else it gets a slide of its own
 and its figures fill the slide. Code is shown at 20 px and printed output at 18 px (long lines
-wrap); tables at 22 px.
+wrap); tables at 22 px. A printed table (columns of text two blanks or more apart) is shown as an
+HTML table, its numbers right-aligned; one too tall for a slide goes on over as many slides as it
+needs, its header repeated.
 
 The deck starts with a title slide: the notebook's title, the lecture's estimated length and
 slide count (tools/lecture_path.py: the estimate) and the first cell's `**Reading time**` and
@@ -219,6 +221,8 @@ def _measure_outputs(cell) -> tuple[float, list[tuple[int, int]]]:
         data = output.get("data", {})
         if "image/png" in data:
             figures.append(_png_size(data["image/png"]))
+        elif "slide_lines" in output.get("metadata", {}):  # a printed table, shown as HTML (printed_tables)
+            lines += output["metadata"]["slide_lines"]
         elif "text/html" in data:
             text = "".join(data["text/html"])
             rows = _html_table_rows(text)
@@ -302,6 +306,184 @@ def _tables_shown(cell) -> int:
 
 def _figures_shown(cell) -> int:
     return sum("image/png" in o.get("data", {}) for o in cell.get("outputs", [])) if cell.cell_type == "code" else 0
+
+
+# ------------------------------------------------------------------ printed tables, shown as HTML tables
+# A printed table (columns of aligned text separated by two spaces or more) is shown as an HTML
+# table at the deck's table size (22 px), not as 18 px monospace; one too tall for a slide goes on
+# as many slides as it needs, its header repeated. What is not part of a table stays printed text.
+NUMBER = re.compile(
+    r"[-+−]?(?:\d[\d,]*\.?\d*|\.\d+)(?:e[-+]?\d+)?\s*(?:x|%|ms|µs|s|nats)?"
+    r"(?:\s*(?:±|/)\s*[-+]?(?:\d[\d,]*\.?\d*|\.\d+)(?:e[-+]?\d+)?\s*(?:x|%)?)?"
+    r"(?:\s*\([-+]?[\d.,]+ to [-+]?[\d.,]+\))?"
+)
+TABLE_CHARS = 88  # characters of a table's row across the slide at 22 px, cell padding included
+TABLE_MIN_ROWS = 3
+
+
+def _columns(lines: list[str]) -> list[tuple[int, int]]:
+    """The character spans of the columns shared by `lines`: text separated, in every line, by a
+    run of blanks that is two or more wide in that line or in another (a single blank between two
+    columns happens where a number fills its column)."""
+    width = max(map(len, lines))
+    rows = [line.ljust(width + 2) for line in lines]
+    blank = [all(r[i] == " " for r in rows) for i in range(width + 2)]
+    ends = [len(line.rstrip()) for line in lines]
+    wide = [
+        any(
+            i < end and r[i] == " " and "  " in (r[i - 1 : i + 1], r[i : i + 2])
+            for r, end in zip(rows, ends, strict=True)
+        )
+        for i in range(width + 2)
+    ]
+    spans, start, i = [], None, 0
+    while i < len(blank):
+        if not blank[i]:
+            start = i if start is None else start
+            i += 1
+            continue
+        end = next((j for j in range(i, len(blank)) if not blank[j]), len(blank))
+        if start is not None and (end - i >= 2 or any(wide[i:end]) or end == len(blank)):
+            spans.append((start, i))
+            start = None
+        i = end
+    # "87.0 / 87.0" and "0.85 ± 0.01" are one column: a column of nothing but "/" or "±" joins its neighbours
+    k = 1
+    while k < len(spans) - 1:
+        if all(line[spans[k][0] : spans[k][1]].strip() in ("", "/", "±") for line in lines):
+            spans[k - 1 : k + 2] = [(spans[k - 1][0], spans[k + 1][1])]
+        else:
+            k += 1
+    return spans
+
+
+def _fields(line: str) -> list[tuple[int, int, str]]:
+    """The pieces of text of `line` that two blanks or more separate, with their character spans."""
+    return [(m.start(), m.end(), m.group()) for m in re.finditer(r"\S+(?: \S+)*", line)]
+
+
+def _is_number(field: str) -> bool:
+    return NUMBER.fullmatch(field) is not None
+
+
+def _header_row(line: str, spans: list[tuple[int, int]]) -> list[str]:
+    """A header line's text placed in the columns it overlaps most, or lies nearest (headers are
+    often wider than, or offset from, the numbers under them); pieces that land in one column
+    share it."""
+    row = [""] * len(spans)
+    for a, b, text in _fields(line):
+        overlap = [min(b, e) - max(a, s) for s, e in spans]
+        k = max(range(len(spans)), key=lambda c: (max(overlap[c], 0), -abs((a + b) / 2 - sum(spans[c]) / 2)))
+        row[k] = f"{row[k]} {text}".strip()
+    return row
+
+
+def _table(lines: list[str]) -> tuple[list[list[str]], list[list[str]]] | None:
+    """`lines` as a table: (header rows, body rows); None where they are not one. The columns are
+    those the body rows share (text separated by two blanks or more in every row); leading lines
+    with no number after their first column are header rows (:func:`_header_row`)."""
+    parts = [[f for _, _, f in _fields(line)] for line in lines]
+    head = 0
+    while head < len(lines) - 1 and not any(_is_number(f) for f in parts[head][1:]):
+        head += 1
+    if head == len(lines) - 1 and not any(_is_number(f) for f in parts[head][1:]):
+        head = 0  # no row holds a number: no header either
+    body_lines = lines[head:]
+    spans = _columns(body_lines)
+    if len(spans) < 2 or len(body_lines) < 2:
+        return None
+    body = [[line[a:b].strip() for a, b in spans] for line in body_lines]
+    if any("  " in f for row in body for f in row):
+        return None
+    if not any(sum(map(_is_number, column)) * 2 >= len(body) for column in list(zip(*body, strict=True))[1:]):
+        return None  # no column of numbers: aligned text, not a table
+    return [_header_row(line, spans) for line in lines[:head]], body
+
+
+def _find_table(lines: list[str]) -> tuple[int, int, list[list[str]], list[list[str]]] | None:
+    """The longest run of `lines` that is a table (at least three rows), trimming at most two lines
+    of caption or comment at either end: (first, end, header rows, body rows)."""
+    n = len(lines)
+    for trimmed in range(0, 5):
+        for i in range(0, min(2, trimmed) + 1):
+            j = n - (trimmed - i)
+            if j - i < TABLE_MIN_ROWS or n - j > 2:
+                continue
+            inner = lines[i:j]
+            if not all(re.search(r"\S\s{2,}\S", line.strip()) for line in inner):
+                continue
+            table = _table(inner)
+            if table is not None:
+                return i, j, *table
+    return None
+
+
+def _row_lines(rows: list[list[str]]) -> list[float]:
+    """Lines each row takes at 22 px, where the table is wider than the slide its widest column wraps."""
+    widths = [max(len(r[k]) for r in rows) + 2 for k in range(len(rows[0]))]
+    over = sum(widths) - TABLE_CHARS
+    if over <= 0:
+        return [TABLE_ROW] * len(rows)
+    k = max(range(len(widths)), key=widths.__getitem__)
+    room = max(12, widths[k] - over)
+    return [TABLE_ROW * max(1, math.ceil(len(r[k]) / room)) for r in rows]
+
+
+def _html_table(head: list[list[str]], body: list[list[str]]) -> str:
+    def cells(row, tag):
+        return "".join(
+            f'<{tag} class="num">{html.escape(f)}</{tag}>'
+            if tag == "td" and _is_number(f) and k
+            else f"<{tag}>{html.escape(f)}</{tag}>"
+            for k, f in enumerate(row)
+        )
+
+    thead = "".join(f"<tr>{cells(r, 'th')}</tr>" for r in head)
+    tbody = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in body)
+    return f'<table class="printed-table">{f"<thead>{thead}</thead>" if head else ""}<tbody>{tbody}</tbody></table>'
+
+
+def _printed(lines: list[str]) -> str:
+    return f'<pre class="printed-text">{html.escape(chr(10).join(lines))}</pre>' if lines else ""
+
+
+def printed_tables(text: str) -> list[tuple[str, float]] | None:
+    """Printed output as HTML pieces, each with the lines it takes: its tables as HTML tables (the
+    header repeated where a table is cut to fit a slide), the rest as printed text. None where the
+    output holds no table."""
+    blocks = re.split(r"\n\s*\n", text.strip("\n"))
+    pieces: list[tuple[str, float]] = []
+    pending: list[str] = []  # printed text waiting to go with the next piece
+    found = False
+    for block in blocks:
+        lines = block.split("\n")
+        table = _find_table(lines)
+        if table is None:
+            pending += lines + [""]
+            continue
+        found = True
+        i, j, head, body = table
+        pending += lines[:i]
+        heights = _row_lines(head + body)[len(head) :]
+        before = OUTPUT_LINE * _wrapped("\n".join(pending), OUTPUT_CHARS) + 0.3 if pending else 0.0
+        room = LINES_PER_SLIDE - 2.5 - TABLE_ROW * len(head) - before
+        start = 0
+        while start < len(body):
+            end, used = start, 0.0
+            while end < len(body) and (end == start or used + heights[end] <= room):
+                used, end = used + heights[end], end + 1
+            after = lines[j:] if end == len(body) else []
+            lines_used = before + used + TABLE_ROW * len(head) + 0.6
+            lines_used += OUTPUT_LINE * _wrapped("\n".join(after), OUTPUT_CHARS) + 0.3 if after else 0.0
+            pieces.append((_printed(pending) + _html_table(head, body[start:end]) + _printed(after), lines_used))
+            pending, before, start = [], 0.0, end
+            room = LINES_PER_SLIDE - 2.5 - TABLE_ROW * len(head)
+    if not found:
+        return None
+    if pending and any(line.strip() for line in pending):
+        html_text, lines_used = pieces[-1]
+        pieces[-1] = (html_text + _printed(pending), lines_used + OUTPUT_LINE * len(pending))
+    return pieces
 
 
 # ------------------------------------------------------------------ the plan of a deck
@@ -439,6 +621,29 @@ def _add_cut(deck: Deck, cell, source: str) -> None:
             deck.join(piece, lines)
 
 
+def _tables_as_html(cell) -> list[str]:
+    """Show the printed tables of `cell`'s output as HTML tables (:func:`printed_tables`); return
+    the parts of a table too tall for one slide that go on slides of their own."""
+    merged = []  # what one print after another wrote is one text (a notebook may store it in pieces)
+    for output in cell.outputs:
+        last = merged[-1] if merged else None
+        if last and output.get("output_type") == last.get("output_type") == "stream" and output.name == last.name:
+            merged[-1] = nbformat.v4.new_output("stream", name=last.name, text=last.text + output.text)
+        else:
+            merged.append(output)
+    outputs, more = [], []
+    for output in merged:
+        pieces = printed_tables(output.get("text", "")) if output.get("output_type") == "stream" else None
+        if not pieces:
+            outputs.append(output)
+            continue
+        data = {"text/html": pieces[0][0], "text/plain": output["text"]}
+        outputs.append(nbformat.v4.new_output("display_data", data=data, metadata={"slide_lines": pieces[0][1]}))
+        more += [text for text, _ in pieces[1:]]
+    cell.outputs = outputs
+    return more
+
+
 def _add_code(deck: Deck, cell, points: float = 14.0) -> None:
     """A tagged code cell: skipped without output; else its output on the slide before when it
     fits there with its figures at least at their natural size and their type (`points`, see
@@ -447,11 +652,13 @@ def _add_code(deck: Deck, cell, points: float = 14.0) -> None:
         deck.skip(cell)
         return
     cell.source = nc.strip_test_markers(cell.source)
+    more = _tables_as_html(cell)
     code_lines = cell.source.splitlines()
     n_code = len(code_lines)
     has_figure = any("image/png" in o.get("data", {}) for o in cell.outputs)
     printing = sum(line.lstrip().startswith("print(") for line in code_lines) >= n_code / 2
-    if has_figure or n_code > CODE_SHOWN_MAX or printing:
+    tabled = any("slide_lines" in o.get("metadata", {}) for o in cell.outputs)
+    if has_figure or tabled or n_code > CODE_SHOWN_MAX or printing:
         cell.metadata.setdefault("tags", []).append(HIDE_INPUT)
         cell.metadata.setdefault("jupyter", {})["source_hidden"] = True  # JupyterLab, and so RISE
         code = 0.0
@@ -462,10 +669,14 @@ def _add_code(deck: Deck, cell, points: float = 14.0) -> None:
     scale = _figure_scale(figures, room, FIGURE_UPSCALE)
     if room > 0 and scale >= max(MIN_FIGURE_SCALE, _readable_scale(cell, points)):
         deck.join(cell, code + other + _size_figures(cell, scale))
-        return
-    scale = _figure_scale(figures, LINES_PER_SLIDE - code - other, FIGURE_ALONE_UPSCALE)
-    kind = "slide" if deck.current.written else "subslide"
-    deck.start(cell, kind, code + other + _size_figures(cell, max(scale, 0.3)), written=deck.current.written)
+    else:
+        scale = _figure_scale(figures, LINES_PER_SLIDE - code - other, FIGURE_ALONE_UPSCALE)
+        kind = "slide" if deck.current.written else "subslide"
+        deck.start(cell, kind, code + other + _size_figures(cell, max(scale, 0.3)), written=deck.current.written)
+    for k, table in enumerate(more, start=1):  # the rest of a table too tall for one slide
+        piece = nbformat.v4.new_markdown_cell(table, metadata={"tags": [TAG]})
+        piece.id = f"{cell.get('id', 'cell')[:48]}-table{k}"
+        deck.start(piece, "slide", LINES_PER_SLIDE - 1.0, written=deck.current.written)
 
 
 # ------------------------------------------------------------------ the title slide
