@@ -167,6 +167,21 @@ def test_a_global_read_inside_a_function_counts(lp):
     assert [c for c, _ in names(lp, code("scale = 2", tagged=False), code("def f(x):\n    return scale * x"))] == [1]
 
 
+def test_a_name_read_before_the_cell_binds_it_again_is_flagged(lp):
+    found = names(lp, code("state = init()", tagged=False), code("state = step(state)"))
+    assert found == [(1, "reads state, bound only in cells off the path")]
+
+
+def test_a_name_the_cell_binds_before_reading_it_passes(lp):
+    cells = [code("x = 1", tagged=False), code("x = 2\nprint(x)", output="2\n")]
+    assert names(lp, *cells) == []
+
+
+def test_a_function_may_read_what_the_cell_binds_after_it(lp):
+    cells = [code("y = 1", tagged=False), code("def f():\n    return y\n\ny = 2\nf()")]
+    assert names(lp, *cells) == []
+
+
 def test_magics_do_not_hide_the_names_a_cell_reads(lp):
     assert [c for c, _ in names(lp, code("data = 1", tagged=False), code("%time y = data + 1"))] == [1]
 

@@ -559,3 +559,18 @@ def test_every_page_of_the_book_folds_its_figure_code_and_says_solution(book, tm
             ):
                 assert "hide-input" in cell.metadata.tags, f"{page.name}: figure code shown: {cell.source[:60]!r}"
     assert "```{toctree}" in (src / "index.md").read_text() and (src / "references.md").is_file()
+
+
+def test_a_missing_notebook_or_one_named_otherwise_is_refused_saying_which(copies, tmp_path):
+    with pytest.raises(SystemExit, match="no such notebook: .*nope.ipynb"):
+        copies.series([tmp_path / "nope.ipynb"])
+    (tmp_path / "notes.ipynb").write_text("{}")
+    with pytest.raises(SystemExit, match=r"named NN_name.ipynb or NNb_name.ipynb\): .*notes.ipynb"):
+        copies.series([tmp_path / "notes.ipynb"])
+    assert copies.series([NOTEBOOKS[1], NOTEBOOKS[0]]) == NOTEBOOKS[:2]
+
+
+def test_a_notebook_with_no_lecture_path_is_refused_naming_it(slides):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# A title")])
+    with pytest.raises(SystemExit, match="notebooks/99_x.ipynb: no cell is tagged 'lecture'"):
+        slides.plan(nb, name="notebooks/99_x.ipynb")

@@ -57,7 +57,6 @@ fails when one would have to shrink below 70 %. With VAE_SLIDES_DEBUG=1 each sli
 
 from __future__ import annotations
 
-import argparse
 import base64
 import copy
 import functools
@@ -115,8 +114,7 @@ TALL_MATH = re.compile(r"\\(?:frac|dfrac|int|sum|prod|underbrace|overbrace|begin
 MD_TABLE = re.compile(r"^\s*\|.*\|\s*$\n^\s*\|[\s:|-]+\|\s*$", re.M)  # a header row and its rule
 
 
-def is_lecture(cell) -> bool:
-    return TAG in cell.get("metadata", {}).get("tags", [])
+is_lecture = lp.is_lecture
 
 
 def markdown_blocks(source: str) -> list[str]:
@@ -491,8 +489,8 @@ class Slide:
     """One slide: its cells (the first starts it), the lines they use, whether it was written for
     the projector (`slide` metadata) or cut from a cell's text by estimate, and its speaker notes."""
 
-    def __init__(self, kind: str, cells: list, lines: float, written: bool):
-        self.kind, self.cells, self.lines, self.written = kind, cells, lines, written
+    def __init__(self, cells: list, lines: float, written: bool):
+        self.cells, self.lines, self.written = cells, lines, written
         self.notes: list[str] = []
 
 
@@ -514,7 +512,7 @@ class Deck:
 
     def start(self, cell, kind: str, lines: float, written: bool) -> None:
         _slide_type(cell, kind)
-        self.slides.append(Slide(kind, [cell], lines, written))
+        self.slides.append(Slide([cell], lines, written))
         self.stream += [cell, self.slides[-1]]
 
     def join(self, cell, lines: float, kind: str = "-") -> None:
@@ -716,11 +714,14 @@ def _fill_title(cell, title: str, first_source: str, numbers: dict) -> None:
 
 
 # ------------------------------------------------------------------ the copy
-def plan(nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, dict]:
+def plan(nb: nbformat.NotebookNode, name: str = "the notebook") -> tuple[nbformat.NotebookNode, dict]:
     """The slide copy of `nb` (see the module docstring) and the deck's numbers: slides, figures
     and tables shown, words of speaker notes, estimated minutes."""
     if not any(is_lecture(c) for c in nb.cells):
-        raise SystemExit(f"no cell is tagged {TAG!r}: nothing to put on slides")
+        raise SystemExit(
+            f"{name}: no cell is tagged {TAG!r}, so there is nothing to put"
+            " on slides; tag the cells of its lecture path (tools/lecture_path.py --check says what a path needs)"
+        )
     nb = nc.static_outputs(copy.deepcopy(nb))
     deck = Deck()
     name = title(nb)
@@ -846,7 +847,7 @@ def title(nb: nbformat.NotebookNode) -> str:
 def write_deck(path: Path, out: Path, exp: SlidesExporter | None = None) -> tuple[Path, dict]:
     """Write the slide copy and the deck of the notebook at `path` into `out`; return the deck
     and its numbers (:func:`plan`)."""
-    nb, numbers = plan(nc.read(path))
+    nb, numbers = plan(nc.read(path), name=nc.shown(path).as_posix())
     out.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out / path.name)  # links to the other notebooks' copies beside it, for RISE
     nb = copy.deepcopy(nb)
@@ -965,9 +966,7 @@ def write_pdfs(decks: list[Path], out: Path, slides: list[int] | None = None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("notebooks", nargs="+", type=Path)
-    parser.add_argument("--out", type=Path, default=REPO / "build" / "slides")
+    parser = nc.arguments(__doc__, "slides")
     parser.add_argument("--no-pdf", action="store_true", help="do not print the PDF handouts")
     args = parser.parse_args(argv)
     paths = nc.series(args.notebooks)

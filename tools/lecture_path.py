@@ -30,7 +30,7 @@ figures, tables and slides are counted in the deck tools/build_slides.py builds.
 
 from __future__ import annotations
 
-import argparse
+import ast
 import builtins
 import re
 import symtable
@@ -225,6 +225,30 @@ def names_read(source: str) -> set[str]:
     return read
 
 
+def names_read_first(source: str) -> set[str]:
+    """Global names a code cell reads before it binds them itself, statement by statement:
+    `state = step(state)` reads `state` first; `x = 1; print(x)` does not. What a function or class
+    body reads counts against everything the cell binds (it runs when called, later)."""
+    code = _code(source)
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return set()
+    lines = code.splitlines()
+    bound, first, deferred = set(), set(), set()
+    for stmt in tree.body:
+        start = min([d.lineno for d in getattr(stmt, "decorator_list", [])] + [stmt.lineno])
+        segment = "\n".join(lines[start - 1 : stmt.end_lineno])
+        segment = segment[stmt.col_offset :] if start == stmt.lineno else segment
+        read = names_read(segment)
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            deferred |= read
+        else:
+            first |= read - bound
+        bound |= names_bound(segment)
+    return first | (deferred - bound)
+
+
 BUILTINS = set(dir(builtins)) | {"display", "get_ipython", "__file__", "In", "Out"}
 
 
@@ -285,7 +309,7 @@ def check_names(nb, name: str) -> list[Finding]:
             continue
         bound = names_bound(cell.source)
         if is_lecture(cell):
-            missing = sorted((names_read(cell.source) - bound - on_path - BUILTINS) & off_path)
+            missing = sorted((names_read_first(cell.source) - on_path - BUILTINS) & off_path)
             if missing:
                 found.append(Finding(name, i, f"reads {', '.join(missing)}, bound only in cells off the path"))
             on_path |= bound
@@ -301,7 +325,14 @@ def check_slides(nb, name: str) -> list[Finding]:
             continue
         text = slide_text(cell)
         if text is None:
-            found.append(Finding(name, i, "tagged markdown without `slide` metadata (the projector's text)"))
+            found.append(
+                Finding(
+                    name,
+                    i,
+                    "tagged markdown without `slide` metadata (the projector's text): add cell.metadata"
+                    '["slide"], a string (one slide), a list of strings (fragments) or "" (speaker notes only)',
+                )
+            )
             continue
         if not isinstance(text, (str, list)) or (isinstance(text, list) and not all(isinstance(t, str) for t in text)):
             found.append(Finding(name, i, "`slide` metadata must be a string or a list of strings"))
@@ -353,14 +384,13 @@ def describe(numbers: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("notebooks", nargs="+", type=Path)
-    parser.add_argument("--out", type=Path, default=REPO / "build" / "lecture")
+    parser = nc.arguments(__doc__, "lecture")
     parser.add_argument("--check", action="store_true", help="check the lecture paths instead of writing them")
     args = parser.parse_args(argv)
+    paths = nc.series(args.notebooks)
     if args.check:
         failed = False
-        for path in args.notebooks:
+        for path in paths:
             found, numbers = check(path)
             for f in found:
                 print(f)
@@ -368,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
             if numbers:
                 print(f"{path.stem}: {describe(numbers)}{'' if found else ', path OK'}")
         return 1 if failed else 0
-    for path in args.notebooks:
+    for path in paths:
         target = write_lecture(path, args.out)
         n = len(lecture_cells(nbformat.read(target, as_version=4)))
         print(f"{nc.shown(target)}: {n} cells")

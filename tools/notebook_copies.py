@@ -53,20 +53,31 @@ REMOVE_CELL = "remove-cell"  # myst-nb drops such a cell, input and output
 
 
 def series(paths: Iterable[Path]) -> list[Path]:
-    """The given notebooks of the series (`NN_name.ipynb`), sorted; anything else is an error."""
+    """The given notebooks of the series (`NN_name.ipynb`, `NNb_name.ipynb`), sorted; a file that is
+    missing, or named otherwise, is an error that says which."""
     paths = sorted(Path(p) for p in paths)
-    wrong = [str(p) for p in paths if not SERIES_NAME.match(p.name) or not p.is_file()]
-    if wrong or not paths:
-        raise SystemExit(f"not notebooks of the series (notebooks/NN_name.ipynb): {wrong or 'none given'}")
+    if not paths:
+        raise SystemExit("no notebooks given: name them, e.g. notebooks/[0-9][0-9]*_*.ipynb")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise SystemExit(f"no such notebook: {', '.join(missing)} (run from the repository's root, or give its path)")
+    wrong = [str(p) for p in paths if not SERIES_NAME.match(p.name)]
+    if wrong:
+        raise SystemExit(f"not notebooks of the series (named NN_name.ipynb or NNb_name.ipynb): {', '.join(wrong)}")
     return paths
 
 
-def parse_args(doc: str, out: str, argv: list[str] | None) -> argparse.Namespace:
-    """The command line every builder takes: notebooks, and ``--out`` (default build/<out>)."""
+def arguments(doc: str, out: str) -> argparse.ArgumentParser:
+    """The command line every builder takes: notebooks, and ``--out`` (default build/<out>); a
+    builder adds its own options."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=REPO / "build" / out)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(doc: str, out: str, argv: list[str] | None) -> argparse.Namespace:
+    return arguments(doc, out).parse_args(argv)
 
 
 def shown(path: Path) -> Path:
