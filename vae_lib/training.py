@@ -371,8 +371,12 @@ def fit(
             if bad.size:
                 raise NonFiniteLossError((epoch - 1) * steps_per_epoch + int(bad[0]) + 1, history)
             history["epoch"].append(epoch)
-            for name, values in per_step.items():
-                history.setdefault("train_" + name, []).append(float(np.mean(values, dtype=np.float64)))
+            means = {"train_" + name: float(np.mean(values, dtype=np.float64)) for name, values in per_step.items()}
+            for name in [*means, *(k for k in history if k.startswith("train_") and k not in means)]:
+                # one entry per epoch in every column: NaN where an epoch's loss did not report the
+                # metric (a schedule's plain epochs have no `objective`), so column[i] is epoch i + 1's
+                column = history.setdefault(name, [])
+                column += [np.nan] * (len(history["epoch"]) - 1 - len(column)) + [means.get(name, np.nan)]
             if test_images is not None:
                 test = evaluate(model, test_images, k_test, binarize=binarize, loss_fn=loss_fn)
                 for name, v in test.items():
