@@ -3,13 +3,16 @@
 `make slides` and `make book` promise pages that work offline: every script, style sheet, font
 and figure is a local file, equations are rendered by a local MathJax, and figures fit the
 1280x720 slide. This test opens what `make slides` and `make book` built in build/slides and
-build/book when both are there and newer than everything they are built from (the notebooks, the
-build tools, the book's configuration, README.md, the pins); otherwise (or with
-VAE_SITE_REBUILD=1) it builds both into a temporary folder with the same tools
-(tools/build_slides.py and tools/build_book.py over every notebook). It serves
-them from a local HTTP server on 127.0.0.1, and opens them in Debian's Chromium (headless,
-through Selenium and the system chromedriver; nothing is downloaded) with every host but
-127.0.0.1 unresolvable and a dead proxy for everything else. It checks what a reader sees:
+build/book when each is complete (the decks with their slide copies and PDF handouts; the book's
+pages) and newer than everything it is built from (the notebooks, the build tools and the modules
+they import, vae_lib.notebook.plotting, the slide template, the book's configuration, README.md,
+the pins: tests/helpers.py, SITE_INPUTS); otherwise (or with VAE_SITE_REBUILD=1) it builds the
+stale part into a temporary folder with the same tools (tools/build_slides.py and
+tools/build_book.py over every notebook). VAE_SITE_DIR names a site built elsewhere, taken as it
+is (a warning says where it is stale). It serves them from a local HTTP server on 127.0.0.1, and
+opens them in Debian's Chromium (headless, through Selenium and the system chromedriver; nothing is
+downloaded) with every host but 127.0.0.1 unresolvable and a dead proxy for everything else. It
+checks what a reader sees:
 
 - no request leaves the machine (the browser's own network log) and none fails (the server's);
 - MathJax rendered (`mjx-container` elements, no `$...$` or `\\(` left in the text);
@@ -21,15 +24,16 @@ and, per deck, what a lecturer and the back row get (issue #26):
 
 - every slide is reached by pressing the right arrow from the first (and by space), in order;
 - type: tables at 20 px or more, code and printed output at 18 px or more, and figures whose
-  smallest type, shown at the size the slide gives them, is 14 pt (18.7 px) or more (the
-  figure's type in points is read from the code that drew it: vae_lib.notebook.plotting's 14 pt
-  where the notebook imports it, else matplotlib's 10, or a smaller `fontsize=` in the cell;
-  the dots per inch from the PNG; natural against rendered size from the browser);
+  smallest type, shown at the size the slide gives them, is 14 pt (18.7 px, build_slides'
+  MIN_FIGURE_TYPE_PX) or more (the figure's type in points is read from the code that drew it,
+  build_slides' `type_points`: vae_lib.notebook.plotting's 14 pt where the notebook imports it,
+  else matplotlib's 10, or a smaller `fontsize=` in the cell; the scale that type needs from
+  build_slides' `_readable_scale`; natural against rendered size from the browser). The decks in
+  FIGURES_NOT_YET_REDRAWN are expected to fail the figure check (strict xfail: once one passes,
+  the test fails until it is taken off the list);
 - the words of visible text per slide (no math, code or printed output): median 45 or less,
-  none over 90; speaker notes on most slides; no promise without its output on the path
-  (tools/lecture_path.py). These hold only once a notebook's slide text is written, and the
-  figure type only once its figures are redrawn: decks not yet in CONVERTED_DECKS (or, for the
-  figures, FIGURES_REDRAWN_DECKS) are measured and reported as skipped, saying what was measured;
+  none over lecture_path's MAX_SLIDE_WORDS (90); speaker notes on most slides (whether each
+  promise has its output on the path is tests/test_lecture_path.py's check);
 - the speaker view (`S`) opens offline with the notes; the index links a PDF handout per deck
   with a page per slide.
 
@@ -44,52 +48,45 @@ Skips (with the reason) only where no Chromium/chromedriver is installed
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import re
-import subprocess
-import sys
-import threading
+import statistics
 import time
-from functools import partial
 from pathlib import Path
 
 import nbformat
 import pytest
-from helpers import CHROMIUM_BASE_FLAGS, find_browser, start_chromium, wait_for
+from helpers import (
+    NOTEBOOKS,
+    REPO,
+    SCREENSHOTS,
+    SITE_INPUTS,
+    SITE_PARTS,
+    Browser,
+    built_part_is_current,
+    local_imports,
+    newest_input,
+    shown,
+    site_pages,
+    tool,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow  # a minute: `make unit` leaves it out
 
-REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "build" / "screenshots"
-NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
 DECK = "02_vae_and_the_elbo"  # the most equations and figures
 WIDGET_NOTEBOOKS = [p for p in NOTEBOOKS if '"interactive(children' in p.read_text()]
 WIDTH, HEIGHT = 1280, 720
 DECKS = [p.stem for p in NOTEBOOKS]
 
-# Every notebook carries its slide text (cell metadata `slide`, issue #26): the words, notes and
-# promise thresholds below hold for every deck, a new notebook's too.
-CONVERTED_DECKS = DECKS
-# The figure-type threshold (14 pt as shown) holds for every deck but these, which are measured all
-# the same and reported as skipped with their numbers: 02's samples slide shows two figures at 16 px.
+# The figure-type threshold (14 pt as shown) holds for every deck but these, whose figure test is
+# an expected failure (strict: it fails once the deck passes, until the deck is taken off this list):
+# 02's samples slide shows two figures at 16 px.
 FIGURES_NOT_YET_REDRAWN = ["02_vae_and_the_elbo"]
-FIGURES_REDRAWN_DECKS = [deck for deck in DECKS if deck not in FIGURES_NOT_YET_REDRAWN]
-MAX_MEDIAN_WORDS, MAX_WORDS = 45, 90  # words of visible text per slide
+MAX_MEDIAN_WORDS = 45  # words of visible text per slide; at most lecture_path.MAX_SLIDE_WORDS on any
 MIN_NOTES_SHARE = 0.5  # "speaker notes on most slides"
 MIN_TABLE_PX, MIN_CODE_PX = 20.0, 18.0
-MIN_FIGURE_PX = 14 * 96 / 72  # 14 pt on the 1280x720 slide
-
-CHROMIUM_FLAGS = [
-    *CHROMIUM_BASE_FLAGS,
-    "--hide-scrollbars",
-    f"--window-size={WIDTH},{HEIGHT}",
-    # The network, blocked: no name resolves but 127.0.0.1, and anything else goes to a dead proxy.
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-    "--proxy-server=http://127.0.0.1:9",
-    "--proxy-bypass-list=127.0.0.1",
-]
 
 # Text a reader sees, without code, printed output or rendered math: where raw TeX would show.
 VISIBLE_TEXT_JS = """
@@ -101,10 +98,6 @@ copy.querySelectorAll(hidden + ', aside.notes').forEach(e => e.remove());
 return copy.textContent;
 """
 RAW_TEX = re.compile(r"\$[^$\n]{1,200}\$|\\\(|\\\[|\\begin\{")
-
-IMAGES_JS = """
-return [...document.images].map(i => ({src: i.src.slice(0, 60), complete: i.complete, width: i.naturalWidth}));
-"""
 
 # Every slide of the deck, visited in order. The deck scales a slide down when it is still taller
 # than the 720 px slide (data-fit, tools/slides_template/): its natural height and that factor.
@@ -130,166 +123,46 @@ return out;
 MIN_FIT = 0.7  # a slide scaled down further than this is too small to read: cut it in the build
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
+def test_site_inputs_name_every_module_and_file_the_builders_read():
+    """SITE_INPUTS, which decides whether build/ is stale, lists each builder, the modules of tools/
+    it imports (and they import), and the files and folders it reads by name."""
+    slides, book = tool("build_slides"), tool("build_book")
+    read = {
+        "slides": local_imports(REPO / "tools" / "build_slides.py")
+        | {shown(slides.PLOTTING), shown(slides.TEMPLATE_DIR)},
+        "book": local_imports(REPO / "tools" / "build_book.py") | {"tools/build_book.py", shown(book.CONF_DIR)},
+    }
+    for part in SITE_PARTS:
+        missing = sorted(read[part] - set(SITE_INPUTS[part]))
+        assert not missing, f"the {part} are built from {missing}, which SITE_INPUTS[{part!r}] does not list"
 
 
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves the built folder and remembers every (status, path) it answered."""
-
-    served: list[tuple[int, str]]
-
-    def log_request(self, code="-", size="-"):
-        self.served.append((int(code) if str(code).isdigit() else 0, self.path))
-
-    def log_message(self, *args):
-        pass
-
-
-class Browser:
-    """Chromium at 1280x720 with the network blocked, its requests logged, on a local server."""
-
-    def __init__(self, root: Path, workdir: Path):
-        self.driver = start_chromium(workdir, CHROMIUM_FLAGS, "slides and book browser test", logging=True)
-        self.served: list[tuple[int, str]] = []
-        handler = type("Handler", (_Handler,), {"served": self.served})
-        self.server = _Server(("127.0.0.1", 0), partial(handler, directory=str(root)))
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.driver.execute_cdp_cmd(
-            "Emulation.setDeviceMetricsOverride",
-            {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False},
-        )
-        self.driver.set_script_timeout(60)
-        self.requested: list[str] = []
-
-    def open(self, path: str) -> None:
-        self.driver.get(f"{self.base}/{path}")
-        wait_for(lambda: self.js("return document.readyState") == "complete", 30, f"{path} to load")
-        if self.js("return !!document.querySelector('script[src*=\"mathjax/\"]')"):  # a page without math has none
-            wait_for(
-                lambda: self.js("return !!(window.MathJax && MathJax.startup && MathJax.startup.promise)"),
-                30,
-                f"MathJax to start on {path}",
-            )
-            self.driver.execute_async_script(
-                "MathJax.startup.promise.then(() => arguments[arguments.length - 1](true))"
-            )
-        self.driver.execute_async_script("document.fonts.ready.then(() => arguments[arguments.length - 1](true))")
-        wait_for(lambda: all(i["complete"] for i in self.images()), 30, f"the images of {path}")
-        self._collect_requests()
-
-    def js(self, script: str, *args):
-        return self.driver.execute_script(script, *args)
-
-    def images(self) -> list[dict]:
-        return self.js(IMAGES_JS)
-
-    def _collect_requests(self) -> None:
-        for entry in self.driver.get_log("performance"):
-            message = json.loads(entry["message"])["message"]
-            if message.get("method") == "Network.requestWillBeSent":
-                self.requested.append(message["params"]["request"]["url"])
-
-    def off_machine(self) -> list[str]:
-        self._collect_requests()
-        # Loopback is this machine; the browser's own pages (chrome://, its new-tab page) are no network.
-        own = ("http://127.0.0.1:", "ws://127.0.0.1:", "data:", "blob:", "about:", "chrome:", "chrome-untrusted:")
-        return sorted({url for url in self.requested if not url.startswith(own)})
-
-    def failed(self) -> list[tuple[int, str]]:
-        # /favicon.ico is the browser's own guess, asked of any site without an icon.
-        return [(code, path) for code, path in self.served if code >= 400 and path != "/favicon.ico"]
-
-    def screenshot(self, name: str) -> Path:
-        ARTIFACTS.mkdir(exist_ok=True)
-        path = ARTIFACTS / f"{name}.png"
-        self.driver.save_screenshot(str(path))
-        return path
-
-    def close(self) -> None:
-        try:
-            self.driver.quit()
-        finally:
-            self.server.shutdown()
-            self.server.server_close()
-
-
-# What build/slides and build/book are made from: newer than the built pages means they are stale.
-SITE_INPUTS = ["tools/build_slides.py", "tools/build_book.py", "tools/notebook_copies.py", "tools/slides_template",
-               "book", "README.md", "pyproject.toml", "requirements.lock"]  # fmt: skip
-
-
-def _newest_input() -> tuple[float, Path]:
-    paths = list(NOTEBOOKS)
-    for name in SITE_INPUTS:
-        path = REPO / name
-        paths += [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
-    return max((p.stat().st_mtime, p) for p in paths if p.exists())
-
-
-def _shown(path: Path) -> str:
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-
-
-def built_site_is_current(build: Path = REPO / "build") -> tuple[bool, str]:
-    """Whether build/ holds slides and a book made from today's files, and why not."""
-    pages = [build / "slides" / "index.html", build / "book" / "index.html"]
-    pages += [build / "slides" / f"{nb.stem}.slides.html" for nb in NOTEBOOKS]
-    pages += [build / "book" / "notebooks" / f"{nb.stem}.html" for nb in NOTEBOOKS]
-    missing = [p for p in pages if not p.is_file()]
-    if missing:
-        return False, f"{_shown(missing[0])} is missing"
-    oldest = min((p.stat().st_mtime, p) for p in pages)
-    newest = _newest_input()
-    if newest[0] > oldest[0]:
-        return False, f"{_shown(newest[1])} is newer than {_shown(oldest[1])}"
-    return True, "every page is newer than everything it is built from"
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    """Every deck and the book: those of `make slides` and `make book` when current, else built here."""
-    find_browser("slides and book browser test")  # skip at once where there is no browser
-    if os.environ.get("VAE_SITE_DIR"):  # a site built elsewhere, taken as it is (while working on the tools)
-        return Path(os.environ["VAE_SITE_DIR"])
-    current, why = built_site_is_current()
-    if current and os.environ.get("VAE_SITE_REBUILD") != "1":
-        print(f"using build/slides and build/book: {why}")
-        return REPO / "build"
-    print(f"building the slides and the book into a temporary folder: {why}")
-    root = tmp_path_factory.mktemp("site")
-    python = sys.executable
-    subprocess.run(
-        [python, "tools/build_slides.py", *map(str, NOTEBOOKS), "--out", str(root / "slides")], cwd=REPO, check=True
-    )
-    subprocess.run(
-        [python, "tools/build_book.py", *map(str, NOTEBOOKS), "--out", str(root / "book")], cwd=REPO, check=True
-    )
-    return root
-
-
-def test_built_site_counts_as_stale_when_an_input_is_newer(tmp_path):
-    """The freshness check the site fixture relies on: a missing page, then an older page, is stale."""
-    assert built_site_is_current(tmp_path)[0] is False
-    pages = [tmp_path / "slides" / "index.html", tmp_path / "book" / "index.html"]
-    pages += [tmp_path / "slides" / f"{nb.stem}.slides.html" for nb in NOTEBOOKS]
-    pages += [tmp_path / "book" / "notebooks" / f"{nb.stem}.html" for nb in NOTEBOOKS]
+@pytest.mark.parametrize("part", SITE_PARTS)
+def test_a_built_part_counts_as_stale_when_a_page_is_missing_or_older_than_an_input(tmp_path, part):
+    """The freshness check the site fixtures rely on: a missing page (a PDF handout too), then an
+    older page, is stale."""
+    assert built_part_is_current(tmp_path, part)[0] is False
+    pages = site_pages(tmp_path, part)
     for page in pages:
         page.parent.mkdir(parents=True, exist_ok=True)
         page.write_text("x")
-    newest = _newest_input()[0]
+    newest = newest_input(part)[0]
     for page in pages:
         os.utime(page, (newest + 10, newest + 10))
-    assert built_site_is_current(tmp_path) == (True, "every page is newer than everything it is built from")
+    assert built_part_is_current(tmp_path, part) == (True, "every page is newer than everything it is built from")
     os.utime(pages[0], (newest - 10, newest - 10))
-    current, why = built_site_is_current(tmp_path)
+    current, why = built_part_is_current(tmp_path, part)
     assert current is False and "is newer than" in why
+    os.utime(pages[0], (newest + 10, newest + 10))
+    gone = next(p for p in pages if p.suffix == ".pdf") if part == "slides" else pages[-1]
+    gone.unlink()
+    why = f"{shown(gone)} is missing" + (" (a build made with --no-pdf has no handouts)" if part == "slides" else "")
+    assert built_part_is_current(tmp_path, part) == (False, why)
 
 
 @pytest.fixture(scope="module")
 def browser(site, tmp_path_factory):
-    b = Browser(site, tmp_path_factory.mktemp("browser"))
+    b = Browser(site, tmp_path_factory.mktemp("browser"), (WIDTH, HEIGHT), "slides and book browser test")
     yield b
     b.close()
 
@@ -400,11 +273,11 @@ def test_book_shows_a_note_not_junk_for_a_widget(browser, nb):
     browser.screenshot(f"book_{nb.stem}_widget")
 
 
-def test_jupyterlab_rise_presents_the_slide_copy(site, browser, tmp_path):
+def test_jupyterlab_rise_presents_the_slide_copy(built_slides, browser, tmp_path):
     """`make lab LAB_DIR=build/slides`: jupyterlab-rise shows the copy as reveal.js slides."""
     from test_jupyterlab_browser import _LabServer
 
-    server = _LabServer(tmp_path, site / "slides")
+    server = _LabServer(tmp_path, built_slides)
     try:
         server.wait_ready()
         browser.driver.get(f"{server.url}/rise/{DECK}.ipynb?token={server.token}")
@@ -471,7 +344,7 @@ def _deck_report(browser: Browser, stem: str) -> list[dict]:
     """Every slide of a deck measured (SLIDE_REPORT_JS) and photographed, once per test session."""
     if stem not in _REPORTS:
         browser.open(f"slides/{stem}.slides.html")
-        folder = ARTIFACTS / "slides" / stem
+        folder = SCREENSHOTS / "slides" / stem
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.glob("*.png"):
             old.unlink()
@@ -509,97 +382,80 @@ def test_every_slide_is_reached_by_the_right_arrow_and_by_space(browser, stem):
         )
 
 
-def _figure_points(nb: nbformat.NotebookNode) -> list[float]:
-    """The smallest type (pt) of each figure the deck shows, in order, as the code that drew it
-    asks for (tools/build_slides.py's `type_points`: 14 pt after the notebook imported
-    vae_lib.notebook.plotting, else matplotlib's 10, less where a `fontsize=` says so). Only true
+def _figure_type_px(slides: Path, stem: str, report: list[dict]) -> list[tuple[str, float]]:
+    """(slide, smallest type in px as shown) of each figure of the deck, read from the slide copy
+    the deck was built from (build/slides/NN_name.ipynb: the notebook's cells, code and outputs).
+    The builder's own estimate: `type_points` gives the points the code that drew a cell's figures
+    asks for (14 pt after the notebook imported vae_lib.notebook.plotting, else matplotlib's 10,
+    less where a `fontsize=` says so), `_readable_scale` the scale at which that type is
+    MIN_FIGURE_TYPE_PX given the PNGs' dots per inch; the browser gives the scale shown. Only true
     of outputs stored after that code ran: re-execute a notebook after changing its figures."""
-    from helpers import load_script
-
-    points = load_script("tools/build_slides.py").type_points(nb)
-    return [
-        points[k]
+    builder = tool("build_slides")
+    nb = nbformat.read(slides / f"{stem}.ipynb", as_version=4)
+    points = builder.type_points(nb)
+    needed = [  # per figure on the path, in order: the scale at which its type is 14 pt
+        builder._readable_scale(cell, points[k])
         for k, cell in enumerate(nb.cells)
-        if cell.cell_type == "code" and "lecture" in cell.metadata.get("tags", [])
+        if cell.cell_type == "code" and builder.is_lecture(cell)
         for output in cell.get("outputs", [])
         if "image/png" in output.get("data", {})
     ]
-
-
-def _png_dpi(data) -> float:
-    import base64
-    import struct
-
-    raw = base64.b64decode("".join(data))
-    k = raw.find(b"pHYs")
-    if k < 0:
-        return 100.0
-    per_metre, _, unit = struct.unpack(">IIB", raw[k + 4 : k + 13])
-    return per_metre * 0.0254 if unit == 1 else 100.0
-
-
-def _figure_type_px(site: Path, stem: str, report: list[dict]) -> list[tuple[str, float]]:
-    """(slide, smallest type in px as shown) of each figure of the deck, read from the slide copy
-    the deck was built from (build/slides/NN_name.ipynb: the notebook's cells, code and outputs)."""
-    nb = nbformat.read(site / "slides" / f"{stem}.ipynb", as_version=4)
-    points = _figure_points(nb)
-    dpis = [
-        _png_dpi(o["data"]["image/png"])
-        for c in nb.cells
-        if c.cell_type == "code" and "lecture" in c.metadata.get("tags", [])
-        for o in c.get("outputs", [])
-        if "image/png" in o.get("data", {})
-    ]
-    shown = [(s["slide"], f) for s in report for f in s["figures"]]
-    assert len(shown) == len(points), f"{stem}: {len(shown)} figures on the slides, {len(points)} on the path"
+    figures = [(s["slide"], f) for s in report for f in s["figures"]]
+    assert len(figures) == len(needed), f"{stem}: {len(figures)} figures on the slides, {len(needed)} on the path"
     return [
-        (slide, pt * dpi / 72 * f["shown"] / f["natural"])
-        for (slide, f), pt, dpi in zip(shown, points, dpis, strict=True)
+        (slide, builder.MIN_FIGURE_TYPE_PX * f["shown"] / f["natural"] / scale)
+        for (slide, f), scale in zip(figures, needed, strict=True)
     ]
 
 
 @pytest.mark.parametrize("stem", DECKS)
-def test_tables_code_and_figures_are_large_enough_to_read(site, browser, stem):
+def test_tables_and_code_are_large_enough_to_read(browser, stem):
     report = _deck_report(browser, stem)
     tables = [(s["slide"], round(s["table_px"], 1)) for s in report if s["table_px"] and s["table_px"] < MIN_TABLE_PX]
     code = [(s["slide"], round(s["code_px"], 1)) for s in report if s["code_px"] and s["code_px"] < MIN_CODE_PX]
     assert not tables, f"{stem}: tables under {MIN_TABLE_PX} px (slide, px): {tables}"
     assert not code, f"{stem}: code or printed output under {MIN_CODE_PX} px (slide, px): {code}"
-    figures = _figure_type_px(site, stem, report)
-    small = [(slide, round(px, 1)) for slide, px in figures if px < MIN_FIGURE_PX]
+
+
+FIGURE_DECKS = [
+    pytest.param(
+        stem,
+        marks=pytest.mark.xfail(
+            strict=True, reason=f"{stem} is in FIGURES_NOT_YET_REDRAWN: take it off once its figures pass"
+        ),
+    )
+    if stem in FIGURES_NOT_YET_REDRAWN
+    else stem
+    for stem in DECKS
+]
+
+
+@pytest.mark.parametrize("stem", FIGURE_DECKS)
+def test_figures_type_is_large_enough_to_read(built_slides, browser, stem):
+    report = _deck_report(browser, stem)
+    figures = _figure_type_px(built_slides, stem, report)
+    least = tool("build_slides").MIN_FIGURE_TYPE_PX
+    small = [(slide, round(px, 1)) for slide, px in figures if px < least]
     print(f"{stem}: smallest figure type {min((px for _, px in figures), default=0):.1f} px")
-    if stem not in FIGURES_REDRAWN_DECKS:
-        pytest.skip(
-            f"{stem} is not in FIGURES_REDRAWN_DECKS: figures under {MIN_FIGURE_PX:.1f} px (slide, px): {small}"
-        )
-    assert not small, f"{stem}: figures whose smallest type is under 14 pt on the slide (slide, px): {small}"
+    assert not small, f"{stem}: figures whose smallest type is under {least:.1f} px on the slide (slide, px): {small}"
 
 
 @pytest.mark.parametrize("stem", DECKS)
-def test_each_slide_is_short_has_notes_and_keeps_its_promises(browser, stem):
-    import statistics
-
-    from helpers import load_script
-
+def test_each_slide_is_short_and_has_notes(browser, stem):
+    most_words = tool("lecture_path").MAX_SLIDE_WORDS
     report = _deck_report(browser, stem)
     words = [s["words"] for s in report]
     median, most = statistics.median(words), max(words)
     notes = sum(s["notes"] > 0 for s in report) / len(report)
-    long = [(s["slide"], s["words"], s["text"]) for s in report if s["words"] > MAX_WORDS]
-    lp = load_script("tools/lecture_path.py")
-    promises = lp.check_promises(nbformat.read(REPO / "notebooks" / f"{stem}.ipynb", as_version=4), stem)
+    long = [(s["slide"], s["words"], s["text"]) for s in report if s["words"] > most_words]
     measured = (
         f"{stem}: {len(report)} slides, {sum(s['steps'] for s in report)} steps, words per slide median "
-        f"{median:g} and max {most}, speaker notes on {notes:.0%} of the slides, {len(promises)} promises "
-        "without output"
+        f"{median:g} and max {most}, speaker notes on {notes:.0%} of the slides"
     )
     print(measured)
-    if stem not in CONVERTED_DECKS:
-        pytest.skip(f"{stem} is not in CONVERTED_DECKS: measured {measured}")
     assert median <= MAX_MEDIAN_WORDS, f"{measured}: median over {MAX_MEDIAN_WORDS}"
-    assert not long, f"{stem}: slides over {MAX_WORDS} words (slide, words, start): {long}"
+    assert not long, f"{stem}: slides over {most_words} words (slide, words, start): {long}"
     assert notes >= MIN_NOTES_SHARE, f"{measured}: notes on fewer than {MIN_NOTES_SHARE:.0%}"
-    assert not promises, "\n".join(map(str, promises))
 
 
 def test_the_speaker_view_opens_offline_with_the_notes(browser):
@@ -628,14 +484,13 @@ def test_the_speaker_view_opens_offline_with_the_notes(browser):
             browser.driver.execute_cdp_cmd("Target.closeTarget", {"targetId": page["targetId"]})
 
 
-def test_the_index_links_a_pdf_handout_of_each_deck_with_a_page_per_slide(site, browser):
+def test_the_index_links_a_pdf_handout_of_each_deck_with_a_page_per_slide(built_slides, browser):
     browser.open("slides/index.html")
     links = browser.js("return [...document.querySelectorAll('a')].map(a => a.getAttribute('href'))")
     for stem in DECKS:
         assert f"{stem}.slides.html" in links and f"{stem}.pdf" in links, f"the index lacks {stem}'s deck or PDF"
-        pdf = (site / "slides" / f"{stem}.pdf").read_bytes()
-        pages = len(re.findall(rb"/Type\s*/Page[^s]", pdf))
-        slides = len(_deck_report(browser, stem)) if stem in _REPORTS else None
-        assert pdf.startswith(b"%PDF") and pages > 5, f"{stem}.pdf: {pages} pages"
-        if slides is not None:
-            assert pages == slides, f"{stem}.pdf has {pages} pages for {slides} slides"
+        pdf = built_slides / f"{stem}.pdf"
+        assert pdf.is_file(), f"{shown(pdf)}: no PDF handout (Chromium printed none)"
+        pages, slides = tool("build_slides").pdf_pages(pdf), len(_deck_report(browser, stem))
+        assert pdf.read_bytes().startswith(b"%PDF"), f"{shown(pdf)} is no PDF"
+        assert pages == slides, f"{stem}.pdf has {pages} pages for {slides} slides"
