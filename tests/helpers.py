@@ -1,5 +1,6 @@
 """Helpers shared by the tests (imported as `from helpers import ...`; pytest puts tests/ on the path)."""
 
+import base64
 import functools
 import http.server
 import importlib.util
@@ -7,11 +8,13 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import threading
 import time
 import warnings
+import zlib
 from pathlib import Path
 from types import ModuleType
 
@@ -299,3 +302,15 @@ def local_imports(tool_path: Path) -> set[str]:
                 found.add(shown(path))
                 todo.append(path)
     return found
+
+
+def png(width: int, height: int) -> str:
+    """A valid white PNG of that size, base64, as a notebook stores it."""
+    rows = b"".join(b"\x00" + b"\xff" * width for _ in range(height))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    raw = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return base64.b64encode(raw).decode()

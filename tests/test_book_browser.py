@@ -37,7 +37,7 @@ PAGE = "02_vae_and_the_elbo"  # the most display equations
 PHONE, DESKTOP = (390, 844), (1280, 800)
 # Entries of book/references.toml that no notebook cites (the References page leaves them out):
 # each is to be cited or removed, and then taken off this list.
-UNCITED_ENTRIES = {"Baldi 1989"}
+UNCITED_ENTRIES: set[str] = set()
 
 # Whether the sidebar's link to a page is on screen: laid out, inside the window, and what the
 # browser would click at its centre (not covered by the page or hidden in a closed drawer).

@@ -4,7 +4,7 @@ checker over every notebook of the series."""
 
 import nbformat
 import pytest
-from helpers import REPO, load_script
+from helpers import REPO, load_script, png
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
 v4 = nbformat.v4
@@ -234,3 +234,18 @@ def test_the_command_exits_0_on_a_path_that_stands_alone(lp, tmp_path, capsys):
 def test_every_notebook_s_lecture_path_passes_the_checker(lp, path):
     found, numbers = lp.check(path)
     assert not found, f"{path.stem} ({lp.describe(numbers)}):\n" + "\n".join(map(str, found))
+
+
+def test_a_figure_too_small_to_read_even_on_a_slide_of_its_own_is_flagged(lp, tmp_path):
+    table = "".join(f"run {k:<3}   {k * 1.5:8.2f}\n" for k in range(12))
+    crowded = code("print(table)\nplt.show()", output=table)
+    crowded.outputs.append(v4.new_output("display_data", data={"image/png": png(600, 400), "text/plain": "<Figure>"}))
+    path = tmp_path / "01_x.ipynb"
+    nbformat.write(nb_of(md("# 01 · Title"), md("## 1. A section"), crowded), path)
+    found, _ = lp.check(path)
+    assert [(f.cell, f.why.split(":")[0]) for f in found] == [
+        (2, "its figure would be shown with type under 14 pt even on a slide of its own (with the cell's other output)")
+    ]
+    crowded.outputs = crowded.outputs[1:]  # the figure alone fits
+    nbformat.write(nb_of(md("# 01 · Title"), md("## 1. A section"), crowded), path)
+    assert lp.check(path)[0] == []

@@ -2,14 +2,11 @@
 slides, what the copies change, and that the built pages load nothing from the network.
 (tests/test_slides_book_browser.py opens them in Chromium.)"""
 
-import base64
 import re
-import struct
-import zlib
 
 import nbformat
 import pytest
-from helpers import REPO, load_script
+from helpers import REPO, load_script, png
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
 # A tag that loads something: <script src>, <link href> (style sheets, icons, preloads), <img src>, ...
@@ -31,18 +28,6 @@ def copies():
     return load_script("tools/notebook_copies.py")
 
 
-def _png(width: int, height: int) -> str:
-    """A valid white PNG of that size, base64, as a notebook stores it."""
-    rows = b"".join(b"\x00" + b"\xff" * width for _ in range(height))
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    raw = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-    return base64.b64encode(raw).decode()
-
-
 def _lecture(cell):
     cell.metadata["tags"] = ["lecture"]
     return cell
@@ -53,7 +38,7 @@ def _notebook():
     v4 = nbformat.v4
     prose = " ".join(["A sentence of ordinary length about the evidence lower bound $\\log p(x)$."] * 8)
     figure = v4.new_code_cell("# NBVAL_IGNORE_OUTPUT\nplt.plot(x)\nplt.show()")
-    figure.outputs = [v4.new_output("display_data", data={"image/png": _png(600, 300), "text/plain": "<Figure>"})]
+    figure.outputs = [v4.new_output("display_data", data={"image/png": png(600, 300), "text/plain": "<Figure>"})]
     printing = v4.new_code_cell("print(1)\nprint(2)")
     printing.outputs = [v4.new_output("stream", name="stdout", text="1\n2\n")]
     widget = v4.new_code_cell("explorer = widgets.interact(f, z=slider)")
@@ -204,7 +189,7 @@ def test_code_without_output_is_skipped_and_code_with_output_is_shown(slides):
 
 def _figure_cell(width, height):
     cell = _lecture(nbformat.v4.new_code_cell("plt.plot(x)"))
-    cell.outputs = [nbformat.v4.new_output("display_data", data={"image/png": _png(width, height)})]
+    cell.outputs = [nbformat.v4.new_output("display_data", data={"image/png": png(width, height)})]
     return cell
 
 
@@ -512,7 +497,7 @@ def test_every_paper_the_notebooks_cite_is_in_the_bibliography(book):
 def _exercise_notebook():
     v4 = nbformat.v4
     figure = v4.new_code_cell("plt.plot(x)")
-    figure.outputs = [v4.new_output("display_data", data={"image/png": _png(4, 2), "text/plain": "<Figure>"})]
+    figure.outputs = [v4.new_output("display_data", data={"image/png": png(4, 2), "text/plain": "<Figure>"})]
     hidden = {"jupyter": {"source_hidden": True}}
     cells = [
         v4.new_markdown_cell("# 01 · T"),

@@ -501,6 +501,7 @@ class Deck:
     def __init__(self):
         self.slides: list[Slide] = []
         self.stream: list = []  # cells, and each Slide right after its first cell (its notes go there)
+        self.small_figures: list[str] = []  # ids of the cells whose figures are shown under 14 pt
 
     @property
     def current(self) -> Slide | None:
@@ -669,6 +670,8 @@ def _add_code(deck: Deck, cell, points: float = 14.0) -> None:
         deck.join(cell, code + other + _size_figures(cell, scale))
     else:
         scale = _figure_scale(figures, LINES_PER_SLIDE - code - other, FIGURE_ALONE_UPSCALE)
+        if figures and scale < _readable_scale(cell, points):  # even a slide of its own is too small
+            deck.small_figures.append(cell.get("id", ""))
         kind = "slide" if deck.current.written else "subslide"
         deck.start(cell, kind, code + other + _size_figures(cell, max(scale, 0.3)), written=deck.current.written)
     for k, table in enumerate(more, start=1):  # the rest of a table too tall for one slide
@@ -754,6 +757,7 @@ def plan(nb: nbformat.NotebookNode, name: str = "the notebook") -> tuple[nbforma
         "slides": len(deck.slides),
         "figures_and_tables": sum(_figures_shown(c) + _tables_shown(c) for c in shown),
         "notes_words": notes_words,
+        "small_figures": deck.small_figures,
     }
     numbers["minutes"] = lp.minutes(numbers["notes_words"], numbers["figures_and_tables"], numbers["slides"])
     _fill_title(title_slide, name, first.source if is_title else "", numbers)

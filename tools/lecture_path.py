@@ -357,6 +357,16 @@ def check(path: Path) -> tuple[list[Finding], dict]:
         return [Finding(name, 0, f"no cell is tagged {TAG!r}")], {}
     found = check_promises(nb, name) + check_names(nb, name) + check_slides(nb, name)
     numbers = estimate(nb)
+    index = {cell.get("id"): i for i, cell in enumerate(nb.cells)}
+    for cell_id in numbers.get("small_figures", []):
+        found.append(
+            Finding(
+                name,
+                index.get(cell_id, 0),
+                "its figure would be shown with type under 14 pt even on a slide of its own (with the cell's other"
+                " output): draw it wider or less tall, or print the table in a cell of its own",
+            )
+        )
     if numbers["minutes"] > MAX_MINUTES:
         found.append(Finding(name, 0, f"estimated {numbers['minutes']:.0f} minutes, over {MAX_MINUTES}"))
     return sorted(found, key=lambda f: f.cell), numbers
