@@ -559,3 +559,23 @@ def test_a_notebook_with_no_lecture_path_is_refused_naming_it(slides):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# A title")])
     with pytest.raises(SystemExit, match="notebooks/99_x.ipynb: no cell is tagged 'lecture'"):
         slides.plan(nb, name="notebooks/99_x.ipynb")
+
+
+def test_words_of_a_label_stay_in_one_column_and_numbers_one_blank_apart_split(slides):
+    rows = [("row", "speed", "gain"), ("pathwise", "1,459", "1.13x")]
+    rows += [("score, posterior-mean baseline", "19,059", "13.06x"), ("score, batch", "21,527", "1.02x")]
+    text = "".join(f"{a:<32}{b:>6} {c:>6}\n" for a, b, c in rows)  # "19,059 13.06x": one blank apart
+    [(html_text, _)] = slides.printed_tables(text)
+    assert _cells(html_text) == [list(r) for r in rows]
+
+
+def test_a_line_of_text_over_a_table_is_not_taken_for_its_header(slides):
+    text = (
+        "-L_5000: 227.52   -ELBO, encoder: 230.84   -ELBO, per image: 228.22   (nats)\n"
+        "gap (nats)        mean   standard error\n"
+        "total             3.32   0.10\n"
+        "approximation     0.70   0.03\n"
+    )
+    [(html_text, _)] = slides.printed_tables(text)
+    assert _cells(html_text)[0] == ["gap (nats)", "mean", "standard error"]
+    assert html_text.startswith('<pre class="printed-text">-L_5000: 227.52')

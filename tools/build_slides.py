@@ -315,6 +315,7 @@ NUMBER = re.compile(
     r"(?:\s*(?:±|/)\s*[-+]?(?:\d[\d,]*\.?\d*|\.\d+)(?:e[-+]?\d+)?\s*(?:x|%)?)?"
     r"(?:\s*\([-+]?[\d.,]+ to [-+]?[\d.,]+\))?"
 )
+NUMBER_END, NUMBER_START = set("0123456789.%x)"), set("0123456789-+−.(")
 TABLE_CHARS = 88  # characters of a table's row across the slide at 22 px, cell padding included
 TABLE_MIN_ROWS = 3
 
@@ -326,14 +327,15 @@ def _columns(lines: list[str]) -> list[tuple[int, int]]:
     width = max(map(len, lines))
     rows = [line.ljust(width + 2) for line in lines]
     blank = [all(r[i] == " " for r in rows) for i in range(width + 2)]
-    ends = [len(line.rstrip()) for line in lines]
-    wide = [
-        any(
-            i < end and r[i] == " " and "  " in (r[i - 1 : i + 1], r[i : i + 2])
-            for r, end in zip(rows, ends, strict=True)
-        )
-        for i in range(width + 2)
-    ]
+
+    def separates(i: int) -> bool:
+        """A one-blank gap splits columns where another line has a wider gap there and every line
+        with just this blank has a number on both sides of it ("19,059 13.06x"), not words."""
+        lone = [r for r in rows if r[i - 1] != " " and r[i + 1] != " "] if 0 < i < width else []
+        wide = any(i < len(r.rstrip()) and "  " in (r[i - 1 : i + 1], r[i : i + 2]) for r in rows)
+        return wide and all(r[i - 1] in NUMBER_END and r[i + 1] in NUMBER_START for r in lone)
+
+    wide = [separates(i) for i in range(width + 2)]
     spans, start, i = [], None, 0
     while i < len(blank):
         if not blank[i]:
@@ -364,14 +366,18 @@ def _is_number(field: str) -> bool:
     return NUMBER.fullmatch(field) is not None
 
 
-def _header_row(line: str, spans: list[tuple[int, int]]) -> list[str]:
+def _header_row(line: str, spans: list[tuple[int, int]]) -> list[str] | None:
     """A header line's text placed in the columns it overlaps most, or lies nearest (headers are
-    often wider than, or offset from, the numbers under them); pieces that land in one column
-    share it."""
+    often wider than, or offset from, the numbers under them); the line's last piece may lie beyond
+    the columns and join the last ("test KL  (nats per image)"). None where two pieces otherwise
+    land in one column: a line of text, not a header."""
+    pieces = _fields(line)
     row = [""] * len(spans)
-    for a, b, text in _fields(line):
+    for n, (a, b, text) in enumerate(pieces):
         overlap = [min(b, e) - max(a, s) for s, e in spans]
         k = max(range(len(spans)), key=lambda c: (max(overlap[c], 0), -abs((a + b) / 2 - sum(spans[c]) / 2)))
+        if row[k] and not (n == len(pieces) - 1 and a >= spans[-1][1]):
+            return None
         row[k] = f"{row[k]} {text}".strip()
     return row
 
@@ -395,7 +401,8 @@ def _table(lines: list[str]) -> tuple[list[list[str]], list[list[str]]] | None:
         return None
     if not any(sum(map(_is_number, column)) * 2 >= len(body) for column in list(zip(*body, strict=True))[1:]):
         return None  # no column of numbers: aligned text, not a table
-    return [_header_row(line, spans) for line in lines[:head]], body
+    header = [_header_row(line, spans) for line in lines[:head]]
+    return None if None in header else (header, body)
 
 
 def _find_table(lines: list[str]) -> tuple[int, int, list[list[str]], list[list[str]]] | None:
