@@ -4,9 +4,8 @@ checker over every notebook of the series."""
 
 import nbformat
 import pytest
-from helpers import REPO, load_script, png
+from helpers import NOTEBOOKS, load_script, png
 
-NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
 v4 = nbformat.v4
 
 

@@ -6,12 +6,10 @@ kernel and compares its outputs with the stored ones.)
 
 import json
 import re
-from pathlib import Path
 
 import pytest
+from helpers import NOTEBOOKS, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
 ABSOLUTE_PATH = re.compile(r"(/work/|/root/|/home/\w+|/Users/\w+|[A-Z]:\\\\|/tmp/ipykernel|site-packages)")
 
 

@@ -6,9 +6,8 @@ import re
 
 import nbformat
 import pytest
-from helpers import REPO, load_script, png
+from helpers import NOTEBOOKS, REPO, load_script, png
 
-NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
 # A tag that loads something: <script src>, <link href> (style sheets, icons, preloads), <img src>, ...
 LOADING_TAG = re.compile(r"<(script|link|img|iframe|source|video|audio|embed)\b[^>]*?\b(src|href)=\"([^\"]*)\"", re.I)
 
