@@ -126,3 +126,22 @@ def test_load_tree_refuses_a_file_of_another_structure(tmp_path):
     other = training.create_train_state(VAE(hidden=16, latent=3, rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match="another structure"):
         checkpoint.load_tree(path, other)
+
+
+def test_a_gated_vae_round_trips_through_load_model_and_only_it_records_gated(tmp_path):
+    model = VAE(hidden=(16, 8), latent=3, gated=True, rngs=nnx.Rngs(5))
+    path = checkpoint.save(tmp_path / "gated.msgpack", model)
+    assert checkpoint.read_info(path)["architecture"] == {
+        "kind": "VAE",
+        "in_features": 784,
+        "hidden": [16, 8],
+        "latent": 3,
+        "gated": True,
+    }
+    loaded = checkpoint.load_model(path)
+    assert loaded.gated and isinstance(loaded.encoder.body.layers[0], models.GatedDense)
+    _assert_same_params(nnx.state(loaded, nnx.Param), nnx.state(model, nnx.Param), rtol=0, atol=0)
+    x = 30.0 * jnp.asarray(binary_images(3))  # large inputs: the clipped log-variance must be rebuilt too
+    for a, b in zip(loaded.encoder(x), model.encoder(x), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert "gated" not in checkpoint.architecture(small_vae())  # ungated files keep the info they had

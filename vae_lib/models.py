@@ -3,6 +3,10 @@
 All models work on flattened images: a batch of shape (B, in_features), with
 in_features = 28 * 28 = 784 for Fashion-MNIST. Hidden sizes are arguments: an int for
 one hidden layer, a tuple for several, 0 or () for none.
+
+``VAE(..., gated=True)`` is the reference recipe of Tomczak & Welling's VampPrior code, which
+Norouzi et al. (2020) use for their plain VAE: :class:`GatedDense` hidden layers, He-normal
+initialisation of every kernel, and the encoder's log-variance clipped to [-6, 2].
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ from flax import nnx
 
 from vae_lib.objectives import reparameterize
 
-__all__ = ["MLP", "VAE", "Autoencoder", "Decoder", "Encoder", "check_features", "count_params"]
+__all__ = ["MLP", "VAE", "Autoencoder", "Decoder", "Encoder", "GatedDense", "check_features", "count_params"]
+
+Hidden = int | Sequence[int]  # hidden sizes: an int for one layer, a tuple for several, 0 or () for none
+LOGVAR_RANGE = (-6.0, 2.0)  # where a gated encoder clips its log-variance
 
 
-def _sizes(hidden: int | Sequence[int]) -> tuple[int, ...]:
+def _sizes(hidden: Hidden) -> tuple[int, ...]:
     if isinstance(hidden, int):
         return (hidden,) if hidden > 0 else ()
     return tuple(int(h) for h in hidden)
@@ -38,16 +45,41 @@ def check_features(x: jax.Array, in_features: int, who: str) -> None:
         raise ValueError(f"{who} expects inputs of shape (batch, {in_features}); got shape {tuple(x.shape)}.{hint}")
 
 
-class MLP(nnx.Module):
-    """Dense layers with ReLU between them (none after the last)."""
+class GatedDense(nnx.Module):
+    """A gated dense layer, h = (W x + b) * sigmoid(V x + c): the gate is its only nonlinearity."""
 
-    def __init__(self, sizes: Sequence[int], *, rngs: nnx.Rngs):
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=False)])
+    def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs):
+        self.in_features, self.out_features = in_features, out_features
+        he = nnx.initializers.he_normal()
+        self.h = nnx.Linear(in_features, out_features, kernel_init=he, rngs=rngs)
+        self.g = nnx.Linear(in_features, out_features, kernel_init=he, rngs=rngs)
+
+    def __call__(self, x):
+        return self.h(x) * jax.nn.sigmoid(self.g(x))
+
+
+class MLP(nnx.Module):
+    """Dense layers with ReLU between them (none after the last; after every one with ``activate_last``).
+
+    ``gated=True``: a :class:`GatedDense` replaces each Dense + ReLU, and the last layer, when
+    not activated, is a Dense layer with He-normal initialisation.
+    """
+
+    def __init__(self, sizes: Sequence[int], *, gated: bool = False, activate_last: bool = False, rngs: nnx.Rngs):
+        self.activated = len(sizes) - 1 if activate_last else len(sizes) - 2  # layers followed by a nonlinearity
+        self.gated = gated
+        init = {"kernel_init": nnx.initializers.he_normal()} if gated else {}
+        self.layers = nnx.List(
+            [
+                GatedDense(a, b, rngs=rngs) if gated and i < self.activated else nnx.Linear(a, b, **init, rngs=rngs)
+                for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=False))
+            ]
+        )
 
     def __call__(self, x):
         for i, layer in enumerate(self.layers):
             x = layer(x)
-            if i < len(self.layers) - 1:
+            if i < self.activated and not self.gated:
                 x = nnx.relu(x)
         return x
 
@@ -59,7 +91,7 @@ class Autoencoder(nnx.Module):
     decoder returns logits; ``jax.nn.sigmoid`` of them is the reconstructed image.
     """
 
-    def __init__(self, in_features: int = 784, hidden: int | Sequence[int] = 256, latent: int = 32, *, rngs: nnx.Rngs):
+    def __init__(self, in_features: int = 784, hidden: Hidden = 256, latent: int = 32, *, rngs: nnx.Rngs):
         h = _sizes(hidden)
         self.in_features = in_features
         self.latent = latent
@@ -78,28 +110,37 @@ class Autoencoder(nnx.Module):
 
 
 class Encoder(nnx.Module):
-    """Inference network: x -> (mean, log-variance) of the diagonal Gaussian q_phi(z|x)."""
+    """Inference network: x -> (mean, log-variance) of the diagonal Gaussian q_phi(z|x).
 
-    def __init__(self, in_features: int = 784, hidden: int | Sequence[int] = 400, latent: int = 20, *, rngs: nnx.Rngs):
+    ``gated=True``: gated hidden layers, He-normal kernels, log-variance clipped to LOGVAR_RANGE.
+    """
+
+    def __init__(
+        self, in_features: int = 784, hidden: Hidden = 400, latent: int = 20, *, gated: bool = False, rngs: nnx.Rngs
+    ):
         h = _sizes(hidden)
-        self.in_features = in_features
-        self.body = MLP((in_features, *h), rngs=rngs) if h else None
+        self.in_features, self.gated = in_features, gated
+        self.body = MLP((in_features, *h), gated=gated, activate_last=True, rngs=rngs) if h else None
         width = h[-1] if h else in_features
-        self.mean = nnx.Linear(width, latent, rngs=rngs)
-        self.logvar = nnx.Linear(width, latent, rngs=rngs)
+        init = {"kernel_init": nnx.initializers.he_normal()} if gated else {}
+        self.mean = nnx.Linear(width, latent, **init, rngs=rngs)
+        self.logvar = nnx.Linear(width, latent, **init, rngs=rngs)
 
     def __call__(self, x):
         check_features(x, self.in_features, "Encoder")
-        hid = nnx.relu(self.body(x)) if self.body is not None else x
-        return self.mean(hid), self.logvar(hid)
+        hid = self.body(x) if self.body is not None else x
+        logvar = self.logvar(hid)
+        return self.mean(hid), jnp.clip(logvar, *LOGVAR_RANGE) if self.gated else logvar
 
 
 class Decoder(nnx.Module):
     """Generative network: z -> logits of the Bernoulli likelihood p_theta(x|z)."""
 
-    def __init__(self, latent: int = 20, hidden: int | Sequence[int] = 400, out_features: int = 784, *, rngs: nnx.Rngs):
+    def __init__(
+        self, latent: int = 20, hidden: Hidden = 400, out_features: int = 784, *, gated: bool = False, rngs: nnx.Rngs
+    ):
         self.latent = latent
-        self.net = MLP((latent, *reversed(_sizes(hidden)), out_features), rngs=rngs)
+        self.net = MLP((latent, *reversed(_sizes(hidden)), out_features), gated=gated, rngs=rngs)
 
     def __call__(self, z):
         check_features(z, self.latent, "Decoder")
@@ -111,13 +152,15 @@ class VAE(nnx.Module):
 
     ``model(x, key)`` returns ``(logits, z, mean, logvar)``: one reparameterized sample
     z ~ q_phi(z|x) (the note's eqs. 20-21) and the decoder's Bernoulli logits at it.
+    ``gated=True`` builds the reference recipe (this module's docstring) instead of ReLU layers.
     """
 
-    def __init__(self, in_features: int = 784, hidden: int | Sequence[int] = 400, latent: int = 20, *, rngs: nnx.Rngs):
-        self.in_features = in_features
-        self.latent = latent
-        self.encoder = Encoder(in_features, hidden, latent, rngs=rngs)
-        self.decoder = Decoder(latent, hidden, in_features, rngs=rngs)
+    def __init__(
+        self, in_features: int = 784, hidden: Hidden = 400, latent: int = 20, *, gated: bool = False, rngs: nnx.Rngs
+    ):
+        self.in_features, self.latent, self.gated = in_features, latent, gated
+        self.encoder = Encoder(in_features, hidden, latent, gated=gated, rngs=rngs)
+        self.decoder = Decoder(latent, hidden, in_features, gated=gated, rngs=rngs)
 
     def __call__(self, x, key):
         mean, logvar = self.encoder(x)

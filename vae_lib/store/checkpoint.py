@@ -34,7 +34,8 @@ def _flat_params(model: nnx.Module) -> dict[str, object]:
 
 
 def architecture(model: nnx.Module) -> dict | None:
-    """The sizes that rebuild a :class:`vae_lib.models.VAE` (``{"kind", "in_features", "hidden", "latent"}``).
+    """The sizes that rebuild a :class:`vae_lib.models.VAE` (``{"kind", "in_features", "hidden", "latent"}``,
+    and ``"gated": True`` for a gated one).
 
     None for any other model: :func:`load_model` then cannot build it, :func:`load` still loads it.
     """
@@ -44,7 +45,8 @@ def architecture(model: nnx.Module) -> dict | None:
         return None
     body = model.encoder.body
     hidden = [int(layer.out_features) for layer in body.layers] if body is not None else []
-    return {"kind": "VAE", "in_features": int(model.in_features), "hidden": hidden, "latent": int(model.latent)}
+    arch = {"kind": "VAE", "in_features": int(model.in_features), "hidden": hidden, "latent": int(model.latent)}
+    return {**arch, "gated": True} if model.gated else arch
 
 
 def save(path: str | os.PathLike, model: nnx.Module, *, info: dict | None = None, dtype=None) -> Path:
@@ -154,9 +156,8 @@ def load_model(path: str | os.PathLike):
     hidden = arch["hidden"]
     hidden = [hidden] if isinstance(hidden, int) else list(hidden)
     # Built abstractly (shapes only, no random initialisation to compute), then filled from the file.
-    model = nnx.eval_shape(
-        lambda: VAE(in_features=arch["in_features"], hidden=tuple(hidden), latent=arch["latent"], rngs=nnx.Rngs(0))
-    )
+    sizes = {"in_features": arch["in_features"], "hidden": tuple(hidden), "latent": arch["latent"]}
+    model = nnx.eval_shape(lambda: VAE(**sizes, gated=arch.get("gated", False), rngs=nnx.Rngs(0)))
     load(path, model)
     return model
 
