@@ -339,3 +339,38 @@ def test_a_run_cut_after_epoch_two_and_resumed_ends_bit_identical_to_an_uninterr
     resumed = training.fit(resumed_model, images, key=key, epochs=3, progress=False, resume=(saved["state"], cut))
     assert resumed == uninterrupted
     _assert_identical(nnx.state(resumed_model, nnx.Param), nnx.state(straight, nnx.Param))
+
+
+# ------------------------------------------------------------------ an average of the weights
+
+
+def test_ema_of_params_keeps_the_closed_form_average_of_the_parameters_after_each_update():
+    decay, lr, steps = 0.9, 0.1, 6
+    tx = optax.chain(optax.sgd(lr), training.ema_of_params(decay))
+    params = {"w": jnp.array([3.0, -2.0]), "b": jnp.array(1.5)}
+    loss = lambda p: jnp.sum(p["w"] ** 2) + (p["b"] - 0.5) ** 2  # noqa: E731  a toy quadratic
+    state = tx.init(params)
+    seen = [params]  # p_0, p_1, ..., p_N
+    for _ in range(steps):
+        updates, state = tx.update(jax.grad(loss)(params), state, params)
+        params = optax.apply_updates(params, updates)
+        seen.append(params)
+    # ema_N = decay^N p_0 + (1 - decay) sum_{i=1..N} decay^(N-i) p_i: the weights sum to 1
+    weights = [decay**steps] + [(1 - decay) * decay ** (steps - i) for i in range(1, steps + 1)]
+    assert sum(weights) == pytest.approx(1.0)
+    for name in params:
+        expected = sum(w * p[name] for w, p in zip(weights, seen, strict=True))
+        np.testing.assert_allclose(state[-1]["ema"][name], expected, rtol=1e-6)
+    assert not np.allclose(state[-1]["ema"]["w"], params["w"])  # an average, not the last parameters
+    np.testing.assert_allclose(params["w"], seen[0]["w"] * (1 - 2 * lr) ** steps, rtol=1e-6)  # sgd untouched
+
+
+def test_averaged_params_reads_the_average_from_a_train_state(fashion_train):
+    decay = 0.5
+    state = _small_state(tx=optax.chain(optax.adam(1e-2), training.ema_of_params(decay)))
+    before = _params(state.params)
+    _assert_same_params(training.averaged_params(state), state.params, rtol=0, atol=0)  # starts at the parameters
+    state, _ = training.train_step(state, fashion_train[0][:64], jax.random.key(0))
+    for avg, old, new in zip(_params(training.averaged_params(state)), before, _params(state.params), strict=True):
+        np.testing.assert_allclose(avg, decay * old + (1 - decay) * new, rtol=1e-6, atol=1e-7)
+    assert jax.tree.structure(training.averaged_params(state)) == jax.tree.structure(state.params)

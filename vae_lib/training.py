@@ -39,7 +39,9 @@ from vae_lib.notebook.progress import progress_bar
 __all__ = [
     "NonFiniteLossError",
     "TrainState",
+    "averaged_params",
     "create_train_state",
+    "ema_of_params",
     "fit",
     "empty_metrics",
     "jit_train_step",
@@ -114,6 +116,39 @@ def create_train_state(
         loss_fn=loss_fn,
         binarize=binarize,
     )
+
+
+def ema_of_params(decay: float) -> optax.GradientTransformation:
+    """An exponential moving average of the parameters, updated after every step (Polyak averaging).
+
+    Put it last in an ``optax.chain`` (``optax.chain(optax.adam(lr), ema_of_params(0.999))``):
+    it leaves the updates as they are and keeps ema <- decay * ema + (1 - decay) * new params in
+    its state, starting from the initial parameters. :func:`averaged_params` reads it.
+
+    Args:
+        decay: the weight of the old average, in [0, 1); 0.999 averages over about 1,000 steps.
+
+    Returns:
+        The transformation; its state is ``{"ema": params}``.
+    """
+
+    def update(updates, state, params):
+        new = optax.apply_updates(params, updates)
+        return updates, {"ema": jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state["ema"], new)}
+
+    return optax.GradientTransformation(lambda params: {"ema": jax.tree.map(jnp.copy, params)}, update)
+
+
+def averaged_params(state: TrainState) -> Any:
+    """The average kept by :func:`ema_of_params`.
+
+    Args:
+        state: a state whose optimizer is an ``optax.chain`` ending with :func:`ema_of_params`.
+
+    Returns:
+        The averaged parameters, a tree like ``state.params`` (``nnx.merge(state.graphdef, it)`` is the model).
+    """
+    return state.opt_state[-1]["ema"]
 
 
 # ------------------------------------------------------------------ the plain step

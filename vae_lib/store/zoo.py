@@ -16,11 +16,16 @@ Every recipe trains with :func:`vae_lib.training.fit`. Two kinds of held-out dat
 * ``holdout="validation"``: train on 50,000 and score the other 10,000
   (:func:`split_train_validation`) after each epoch (``valid_*``); with ``patience`` the best
   parameters are kept and training stops after ``patience`` epochs without a new best. KL
-  warm-up raises beta linearly, one value per epoch (epoch e of W uses e / W); free bits are
+  warm-up raises beta linearly, one value per epoch (epoch e of W uses e / W), and then the best
+  epoch is chosen among epochs W and later only (patience counts from there); free bits are
   :func:`vae_lib.losses.beta_vae_loss`'s. The held-out score is always the true negative ELBO.
   A run records ``train_loss`` (the true negative ELBO) and, for the recipes with beta, warm-up
   or free bits, ``train_objective`` (what was minimised). The stored files of those recipes were
   trained before the two were told apart: their ``train_loss`` is the objective.
+
+Issue #25's recipes add a cosine decay of the learning rate (:func:`learning_rate`), the gated VAE
+and an average of the weights (:func:`vae_lib.training.ema_of_params`), which is then scored and
+kept; the raw weights' held-out loss goes to ``valid_loss_raw``.
 
 A run writes ``<resume folder>/<name>.resume.msgpack`` after every epoch (the whole training
 state, :func:`vae_lib.store.checkpoint.save_tree`), and the same command continues a cut-off
@@ -36,12 +41,13 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from vae_lib import data, evaluation, losses, models, training
@@ -55,6 +61,7 @@ __all__ = [
     "Recipe",
     "build",
     "evaluate_test",
+    "learning_rate",
     "load",
     "make",
     "split_train_validation",
@@ -67,6 +74,7 @@ FOLDER = Path(__file__).resolve().parent / "models"
 RESUME_FOLDER = Path("artifacts") / "resume"
 EVAL_BINARIZATION_SEED = 2020
 VALIDATION_SIZE = 10_000
+EMA_VALIDATION_SEED = 99  # scores the averaged weights: the key of the trial run the recipe reproduces
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,9 @@ class Recipe:
     batch_size: int = 128
     learning_rate: float = 1e-3
     eval_k: int = 0  # > 0: the importance-weighted bound on the whole test set after training
+    final_learning_rate: float | None = None  # None: a constant learning rate; else cosine decay to it
+    gated: bool = False  # the gated VAE of Tomczak & Welling's reference code (vae_lib.models)
+    ema_decay: float | None = None  # average the weights after each step; the average is scored and kept
 
 
 def _sweep(**kw) -> Recipe:
@@ -111,7 +122,12 @@ RECIPES: dict[str, Recipe] = {
     "sweep_z64": _sweep(latent=64),
     "sweep_z64_warmup": _sweep(latent=64, warmup_epochs=5),
     "sweep_z64_freebits": _sweep(latent=64, free_bits=0.25),
+    # issue #25: the published number (artifacts/c25/trial.py and trialB.py)
+    "vae_converged_cosine": Recipe(
+        hidden=(300, 300), latent=40, seed=40, max_epochs=300, warmup_epochs=30, final_learning_rate=1e-5, eval_k=5000
+    ),
 }
+RECIPES["vae_converged_gated"] = replace(RECIPES["vae_converged_cosine"], gated=True, ema_decay=0.999)
 
 
 def recipe(name: str) -> Recipe:
@@ -125,7 +141,23 @@ def build(name: str) -> models.VAE:
     """An untrained VAE with recipe `name`'s sizes and initialisation."""
     r = recipe(name)
     seed = r.seed if r.init_seed is None else r.init_seed
-    return models.VAE(hidden=r.hidden, latent=r.latent, rngs=nnx.Rngs(seed))
+    return models.VAE(hidden=r.hidden, latent=r.latent, gated=r.gated, rngs=nnx.Rngs(seed))
+
+
+def learning_rate(r: Recipe, steps_per_epoch: int) -> float | optax.Schedule:
+    """Adam's step size for recipe `r`.
+
+    Args:
+      r: the recipe; steps_per_epoch: optimizer steps in one epoch.
+
+    Returns:
+      ``r.learning_rate``, or with ``r.final_learning_rate`` a cosine decay from it to that at step
+      ``r.max_epochs * steps_per_epoch`` (``optax.cosine_decay_schedule``; a shorter run keeps it).
+    """
+    if r.final_learning_rate is None:
+        return r.learning_rate
+    steps, alpha = r.max_epochs * steps_per_epoch, r.final_learning_rate / r.learning_rate
+    return optax.cosine_decay_schedule(r.learning_rate, steps, alpha=alpha)
 
 
 def split_train_validation(images: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -161,11 +193,15 @@ def _schedule(r: Recipe) -> Callable[[int], training.LossFn]:
 
 class _EpochEnd:
     """fit's ``on_epoch_end`` for a recipe: beta and the best epoch in the history, the best
-    parameters kept, early stopping, a resume file and a progress line per epoch."""
+    parameters kept (the averaged ones with ``ema_decay``), early stopping, a resume file and a
+    progress line per epoch."""
 
-    def __init__(self, name: str, r: Recipe, best, resume: Path | None, log: Callable[[str], None], epochs: int):
+    def __init__(
+        self, name: str, r: Recipe, best, resume: Path | None, log: Callable[[str], None], epochs: int, holdout
+    ):
         self.name, self.r, self.best, self.resume, self.log, self.epochs = name, r, best, resume, log, epochs
-        self.key = f"{'test' if r.holdout == 'test' else 'valid'}_loss"
+        self.holdout, self.prefix = holdout, "test" if r.holdout == "test" else "valid"
+        self.key = f"{self.prefix}_loss"
         self.t0 = time.perf_counter()
 
     def stop_now(self, epoch: int, history: dict) -> bool:
@@ -174,17 +210,28 @@ class _EpochEnd:
 
     def __call__(self, epoch: int, state: training.TrainState, history: dict) -> bool:
         history.setdefault("beta", []).append(_beta(self.r, epoch))
-        scores = history[self.key]
-        if self.r.patience is None or scores[-1] < min(scores[:-1], default=np.inf):
-            self.best, history["best_epoch"] = jax.tree.map(jnp.copy, state.params), epoch  # the next epoch donates
+        scores, params = history[self.key], state.params
+        if self.r.ema_decay is not None:  # the averaged weights replace the raw ones' held-out scores
+            params = training.averaged_params(state)
+            ema = evaluation.evaluate(
+                nnx.merge(state.graphdef, params), self.holdout, jax.random.key(EMA_VALIDATION_SEED)
+            )
+            history.setdefault(f"{self.key}_raw", []).append(scores[-1])
+            for metric, value in ema.items():
+                history[f"{self.prefix}_{metric}"][-1] = value
+        first = min(self.r.warmup_epochs, self.epochs)  # the first epoch that may be the best
+        keep_last = self.r.patience is None and not self.r.warmup_epochs
+        if keep_last or (epoch >= first and scores[-1] < min(scores[max(first, 1) - 1 : -1], default=np.inf)):
+            self.best, history["best_epoch"] = jax.tree.map(jnp.copy, params), epoch  # the next epoch donates
         stop = self.stop_now(epoch, history) and epoch < self.epochs
         history["stopped"] = "early" if stop else "max_epochs"
         if self.resume is not None:
             info = {"recipe": asdict(self.r), "history": history}
             checkpoint.save_tree(self.resume, (state, self.best), info=info)
+        b = history.get("best_epoch")
         self.log(
             f"{self.name} epoch {epoch}/{self.epochs}: train {history['train_loss'][-1]:.2f}, "
-            f"held-out -ELBO {scores[-1]:.2f} (best {min(scores):.2f} at epoch {history['best_epoch']}), "
+            f"held-out -ELBO {scores[-1]:.2f} ({f'best {scores[b - 1]:.2f} at epoch {b}' if b else 'warming up'}), "
             f"{time.perf_counter() - self.t0:.1f} s"
         )
         self.t0 = time.perf_counter()
@@ -222,13 +269,15 @@ def train(
     epochs = r.max_epochs if max_epochs is None else max_epochs
     model = build(name)
     schedule = _schedule(r)
-    state = training.create_train_state(model, learning_rate=r.learning_rate, loss_fn=schedule(1))
+    tx = optax.adam(learning_rate(r, len(train_images) // r.batch_size))
+    tx = tx if r.ema_decay is None else optax.chain(tx, training.ema_of_params(r.ema_decay))
+    state = training.create_train_state(model, tx, loss_fn=schedule(1))
     resume = Path(resume_folder) / f"{name}.resume.msgpack" if resume_folder is not None else None
-    hook = _EpochEnd(name, r, state.params, resume, log, epochs)
+    hook = _EpochEnd(name, r, state.params, resume, log, epochs, holdout_images)
     history: dict = {"epoch": []}
     if resume is not None and resume.is_file() and not fresh:
         (state, hook.best), info = checkpoint.load_tree(resume, (state, state.params))
-        if info.get("recipe") != _jsonable(asdict(r)):
+        if not _same_recipe(info.get("recipe"), r):
             raise ValueError(f"{resume} was written for another recipe than {name!r}'s; start over with fresh=True.")
         history = info["history"]
         log(f"{name}: resuming after epoch {history['epoch'][-1]} from {resume}")
@@ -254,6 +303,12 @@ def train(
 def _jsonable(d: dict) -> dict:
     """A recipe as it reads back from JSON (tuples become lists)."""
     return json.loads(json.dumps(d))
+
+
+def _same_recipe(stored: dict | None, r: Recipe) -> bool:
+    """Whether a resume file was written for recipe `r`; a field it lacks (added since) must be at its default."""
+    defaults = {f.name: f.default for f in fields(Recipe)}
+    return isinstance(stored, dict) and all(stored.get(k, defaults[k]) == v for k, v in _jsonable(asdict(r)).items())
 
 
 def evaluate_test(model: models.VAE, test_images: np.ndarray, k: int, log: Callable[[str], None] = print) -> dict:
@@ -344,9 +399,10 @@ def load(name: str, folder: str | os.PathLike | None = None) -> tuple[models.VAE
         )
     model = checkpoint.load_model(path)
     sizes = (tuple(checkpoint.architecture(model)["hidden"]), model.latent)
-    if sizes != (tuple(r.hidden), r.latent):
+    if sizes != (tuple(r.hidden), r.latent) or model.gated != r.gated:
         raise ValueError(
-            f"{path.name} holds a model with hidden sizes {sizes[0]} and latent size {sizes[1]}, but recipe {name!r} "
-            f"has {tuple(r.hidden)} and {r.latent}. Remake it with `python -m vae_lib.cli.train_models {name}`."
+            f"{path.name} holds a {'gated ' * model.gated}model with hidden sizes {sizes[0]} and latent size "
+            f"{sizes[1]}, but recipe {name!r} has {'gated, ' * r.gated}{tuple(r.hidden)} and {r.latent}. "
+            f"Remake it with `python -m vae_lib.cli.train_models {name}`."
         )
     return model, checkpoint.read_info(path)
