@@ -578,3 +578,12 @@ def test_a_line_of_text_over_a_table_is_not_taken_for_its_header(slides):
     [(html_text, _)] = slides.printed_tables(text)
     assert _cells(html_text)[0] == ["gap (nats)", "mean", "standard error"]
     assert html_text.startswith('<pre class="printed-text">-L_5000: 227.52')
+
+
+def test_book_and_slides_take_a_notebooks_title_from_its_first_level_one_heading_in_any_markdown_cell(book):
+    cells = [nbformat.v4.new_code_cell("# a comment, not a title"), nbformat.v4.new_markdown_cell("# 03 · C\n# later")]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    page = book.landing_page([("notebooks/03_c", nb)], "https://github.com/someone/series")
+    assert "| [03 · C](notebooks/03_c.ipynb) |" in page
+    untitled = book.landing_page([("notebooks/04_d", nbformat.v4.new_notebook())], "https://github.com/someone/series")
+    assert "| [notebooks/04_d](notebooks/04_d.ipynb) |" in untitled  # no heading: the page's name

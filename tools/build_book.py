@@ -81,15 +81,9 @@ def binder_url(repository: str, notebook: str) -> str:
     return f"{BINDERHUB}/v2/gh/{owner_repo}/HEAD?urlpath=lab/tree/{notebook}"
 
 
-def title(nb: nbformat.NotebookNode) -> str:
-    """The notebook's title: the `# ` heading of its first cell."""
-    match = re.search(r"^# (.+)$", nb.cells[0].source, re.M)
-    return match.group(1).strip() if match else ""
-
-
 def reading_minutes(nb: nbformat.NotebookNode) -> int | None:
     """The reading time the first cell states (`**Reading time**: about N minutes`), or None."""
-    match = READING_TIME.search(nb.cells[0].source)
+    match = READING_TIME.search(nb.cells[0].source) if nb.cells else None
     return int(match.group(1)) if match else None
 
 
@@ -104,7 +98,7 @@ def reading_path(notebooks: list[tuple[str, nbformat.NotebookNode]]) -> str:
     timed = any(m is not None for m in minutes)
     rows = ["| notebook | reading time |" if timed else "| notebook |", "|---|---|" if timed else "|---|"]
     for (page, nb), m in zip(notebooks, minutes, strict=True):
-        link = f"[{title(nb) or page}]({page}.ipynb)"
+        link = f"[{nc.title(nb) or page}]({page}.ipynb)"
         rows.append(f"| {link} | {'' if m is None else f'about {m} min'} |" if timed else f"| {link} |")
     text = "\n".join(rows)
     if timed:

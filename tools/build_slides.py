@@ -734,7 +734,7 @@ def plan(nb: nbformat.NotebookNode, name: str = "the notebook") -> tuple[nbforma
         )
     nb = nc.static_outputs(copy.deepcopy(nb))
     deck = Deck()
-    name = title(nb)
+    name = nc.title(nb) or "(untitled)"
     first = next(c for c in nb.cells if is_lecture(c))
     is_title = first.cell_type == "markdown" and lp.heading_line(first.source) is not None
     title_slide = title_cell()
@@ -844,15 +844,6 @@ def copy_assets(out: Path) -> None:
     shutil.copy2(src / "LICENSE", dest / "LICENSE")
     nc.copy_mathjax(out / "mathjax")
     shutil.copy2(TEMPLATE_DIR / "rise.css", out / "rise.css")  # jupyterlab-rise's styles for the copies
-
-
-def title(nb: nbformat.NotebookNode) -> str:
-    """The notebook's first `# ` heading."""
-    for cell in nb.cells:
-        m = re.search(r"^# (.+)$", cell.source, re.MULTILINE) if cell.cell_type == "markdown" else None
-        if m:
-            return m.group(1).strip()
-    return "(untitled)"
 
 
 def write_deck(path: Path, out: Path, exp: SlidesExporter | None = None) -> tuple[Path, dict]:
@@ -986,7 +977,7 @@ def main(argv: list[str] | None = None) -> int:
     decks = []
     for path in paths:
         deck, numbers = write_deck(path, args.out, exp)
-        decks.append((deck, title(nc.read(path)), numbers))
+        decks.append((deck, nc.title(nc.read(path)) or "(untitled)", numbers))
         print(f"{nc.shown(deck)}: {lp.describe(numbers)}")
     write_index(decks, args.out)  # first without the handouts, so that a deck's link to it works
     link_siblings(paths, args.out)

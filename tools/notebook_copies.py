@@ -85,6 +85,15 @@ def shown(path: Path) -> Path:
     return path.relative_to(REPO) if path.is_relative_to(REPO) else path
 
 
+def title(nb: nbformat.NotebookNode) -> str:
+    """The notebook's title: the first `# ` heading of a markdown cell, or '' when it has none."""
+    for cell in nb.cells:
+        m = re.search(r"^# (.+)$", cell.source, re.MULTILINE) if cell.cell_type == "markdown" else None
+        if m:
+            return m.group(1).strip()
+    return ""
+
+
 def read(path: Path) -> nbformat.NotebookNode:
     return nbformat.read(path, as_version=4)
 
