@@ -16,8 +16,10 @@ from vae_lib import evaluation, training
 from vae_lib.store import checkpoint, zoo
 
 PACKAGE = Path(vae_lib.__file__).resolve().parent
-#: Recipes whose model is not in the package yet (issue #25 trains them); a test fails once the file exists.
-NOT_YET_TRAINED = {"vae_converged_cosine", "vae_converged_gated"}
+#: Recipes whose model is not in the package yet (issue #25's second seed); a test fails once the file exists.
+NOT_YET_TRAINED = {"vae_converged_long_seed41"}
+#: The models scored with L_5000 on the whole test set: notebook 06b's sections 2 and 3.
+CONVERGED = ["vae_converged", "vae_converged_cosine", "vae_converged_gated", "vae_converged_long"]
 STORED = sorted(set(zoo.RECIPES) - NOT_YET_TRAINED)
 
 
@@ -74,9 +76,11 @@ def test_the_stored_20d_model_scores_the_test_loss_its_history_records(fashion_t
     assert abs(loss - history["test_loss"][-1]) < 0.5, (loss, history["test_loss"][-1])
 
 
-def test_the_converged_model_was_evaluated_on_the_whole_test_set_with_5000_samples():
-    e = checkpoint.read_info(zoo.FOLDER / "vae_converged.msgpack")["evaluation"]
+@pytest.mark.parametrize("name", CONVERGED)
+def test_each_converged_model_was_evaluated_on_the_whole_test_set_with_5000_samples(name):
+    e = checkpoint.read_info(zoo.FOLDER / f"{name}.msgpack")["evaluation"]
     assert (e["k"], e["test_images"], len(e["log_px"]), len(e["elbo"])) == (5000, 10000, 10000, 10000)
+    assert (e["binarization_seed"], e["sample_seed"]) == (zoo.EVAL_BINARIZATION_SEED, zoo.EVAL_BINARIZATION_SEED + 1)
     assert e["nll"] == pytest.approx(-np.mean(e["log_px"]), abs=1e-3)
     assert np.mean(np.array(e["log_px"]) >= np.array(e["elbo"])) > 0.99  # L_5000 above the ELBO, image by image
 
@@ -269,6 +273,19 @@ def test_the_issue_25_recipes_are_the_trial_scripts_settings():
     )
     assert zoo.RECIPES["vae_converged_gated"] == replace(cosine, gated=True, ema_decay=0.999)
     assert zoo.build("vae_converged_gated").gated and not zoo.build("vae_converged_cosine").gated
+
+
+def test_the_long_recipe_is_the_gated_one_for_twice_the_epochs_without_the_average_and_its_seed_twin_differs_in_seed():
+    long = zoo.RECIPES["vae_converged_long"]
+    assert long == replace(zoo.RECIPES["vae_converged_gated"], max_epochs=600, ema_decay=None)
+    assert zoo.RECIPES["vae_converged_long_seed41"] == replace(long, seed=41)
+
+
+@pytest.mark.parametrize("name", ["vae_converged_cosine", "vae_converged_gated", "vae_converged_long"])
+def test_a_recipe_with_warm_up_kept_its_best_validation_epoch_after_the_warm_up(name):
+    r, h = zoo.RECIPES[name], checkpoint.read_info(zoo.FOLDER / f"{name}.msgpack")["history"]
+    best = h["best_epoch"]
+    assert best >= r.warmup_epochs and h["valid_loss"][best - 1] == min(h["valid_loss"][r.warmup_epochs - 1 :])
 
 
 def test_the_cosine_recipe_decays_the_learning_rate_from_1e_3_to_1e_5_over_its_epochs():

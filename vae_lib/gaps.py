@@ -13,9 +13,9 @@ own mean and log-variance, starting from the encoder's output, with the decoder 
 What the measured numbers are, on a deep VAE: log p(x) is an importance-weighted bound L_k,
 at or below log p(x), which biases both the total and the approximation gap down; and noisy
 Adam finds a q-hat no better than q* (ELBO(q-hat) <= ELBO(q*)), which biases the
-approximation gap up and the amortization gap down. So only the amortization gap is a bound
-(a lower one, up to the Monte Carlo noise of the ELBO estimates); :func:`split_gap` gives each
-mean with its standard error over the images.
+approximation gap up and the amortization gap down. So the total and the amortization gap are
+lower bounds (up to noise), while the approximation gap is pushed both ways; :func:`split_gap`
+gives each mean with its standard error over the images (which holds the Monte Carlo noise too).
 
 :func:`linear_encoder_gaps` measures both gaps exactly on a linear-Gaussian model
 (:mod:`vae_lib.linear_gaussian`), where q* and log p(x) are known in closed form.
