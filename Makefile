@@ -72,8 +72,8 @@ run: setup data
 # The stored models (vae_lib/store/zoo.py, files in vae_lib/store/models/): notebook 05's two VAEs (under a minute),
 # notebook 06's twelve small VAEs (about 14 min on 2 cores) and one trained to convergence with early stopping, then
 # scored with L_5000 on the whole test set (about an hour); notebook 06b's three recipe changes (vae_converged_cosine,
-# vae_converged_gated, vae_converged_long: 30 to 50 minutes each, scoring included) and vae_converged_long_seed41 (not
-# stored yet). Resumes a cut-off run; NAMES="vae_z2 sweep_z2" for some only.
+# vae_converged_gated, vae_converged_long: 30 to 50 minutes each, scoring included) and vae_converged_long_seed41 (its
+# second seed). Resumes a cut-off run; NAMES="vae_z2 sweep_z2" for some only.
 models: setup data
 	$(BIN)/python -m vae_lib.cli.train_models $(NAMES)
 
