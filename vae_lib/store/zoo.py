@@ -122,15 +122,15 @@ RECIPES: dict[str, Recipe] = {
     "sweep_z64": _sweep(latent=64),
     "sweep_z64_warmup": _sweep(latent=64, warmup_epochs=5),
     "sweep_z64_freebits": _sweep(latent=64, free_bits=0.25),
-    # issue #25, notebook 06b section 3: one change per row. The stored cosine model was trained by the script this
-    # recipe was written from (artifacts/c25/trial.py: the same settings; not retrained here, so its last bits may
-    # differ from this module's) and scored by evaluate_test; the other three were made by make().
+    # issue #25, notebook 06b section 3: each recipe adds changes to the one before. The stored cosine model was trained
+    # by the script this recipe was written from (artifacts/c25/trial.py: the same settings; not retrained here, so its
+    # last bits may differ from this module's) and scored by evaluate_test; the other three were made by make().
     "vae_converged_cosine": Recipe(
         hidden=(300, 300), latent=40, seed=40, max_epochs=300, warmup_epochs=30, final_learning_rate=1e-5, eval_k=5000
     ),
 }
 RECIPES["vae_converged_gated"] = replace(RECIPES["vae_converged_cosine"], gated=True, ema_decay=0.999)
-# the gated recipe trained twice as long, without the average (it trails the raw weights once the step size is small)
+# the gated recipe trained twice as long, without the average (at the end it scores like the raw weights: 06b)
 RECIPES["vae_converged_long"] = replace(RECIPES["vae_converged_gated"], max_epochs=600, ema_decay=None)
 RECIPES["vae_converged_long_seed41"] = replace(RECIPES["vae_converged_long"], seed=41)
 
