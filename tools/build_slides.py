@@ -927,8 +927,10 @@ def write_pdfs(decks: list[Path], out: Path, slides: list[int] | None = None) ->
     port = server.server_address[1]
     made = []
     try:
-        with tempfile.TemporaryDirectory() as profile:
-            for deck in decks:
+        for deck in decks:
+            # a fresh Chromium profile per deck: with one shared profile, a deck printed after another could come
+            # out as one blank page on every try (seen with 03b after 03)
+            with tempfile.TemporaryDirectory() as profile:
                 pdf = deck.with_name(deck.name.replace(".slides.html", ".pdf"))
                 pdf.unlink(missing_ok=True)
                 command = [
