@@ -105,15 +105,26 @@ book: setup
 	rm -rf build/book build/book_src build/jupyter_execute
 	$(BIN)/python tools/build_book.py $(NOTEBOOKS)
 
-# Training throughput, as an ablation (one change per row), on all cores and on one; the profile of
-# the library's step. Each writes its output under benchmarks/results/, which notebook 04 reads.
+# Training throughput, as an ablation (one change per row, paired per-round ratios), on all cores and
+# on one; the per-thread profile of the library's step, on all cores and on one. Each writes its
+# output under benchmarks/results/, which notebook 04 reads. A run on a busy machine is refused
+# (each waits up to 5 minutes for the load to settle first) and leaves the stored results as they were.
 NPROC := $(shell nproc)
+RESULTS := benchmarks/results
+# The PyTorch reference row runs when torch is installed in the venv (pip install torch==2.13.0).
+TORCH_ROW = $(shell $(BIN)/python -c "import torch" 2>/dev/null && echo --torch)
+
 bench: setup data
-	$(BIN)/python benchmarks/train_throughput.py > benchmarks/results/train_throughput_$(NPROC)cores.jsonl
-	taskset -c 0 $(BIN)/python benchmarks/train_throughput.py > benchmarks/results/train_throughput_1core.jsonl
-	$(BIN)/python benchmarks/profile_step.py > benchmarks/results/profile_step.txt
-	cat benchmarks/results/train_throughput_$(NPROC)cores.jsonl benchmarks/results/train_throughput_1core.jsonl \
-	    benchmarks/results/profile_step.txt
+	$(BIN)/python benchmarks/train_throughput.py --wait-quiet 300 $(TORCH_ROW) > $(RESULTS)/.tt_all.tmp
+	taskset -c 0 $(BIN)/python benchmarks/train_throughput.py --wait-quiet 300 $(TORCH_ROW) > $(RESULTS)/.tt_1.tmp
+	$(BIN)/python benchmarks/profile_step.py > $(RESULTS)/.profile_all.tmp
+	taskset -c 0 $(BIN)/python benchmarks/profile_step.py > $(RESULTS)/.profile_1.tmp
+	mv $(RESULTS)/.tt_all.tmp $(RESULTS)/train_throughput_$(NPROC)cores.jsonl
+	mv $(RESULTS)/.tt_1.tmp $(RESULTS)/train_throughput_1core.jsonl
+	mv $(RESULTS)/.profile_all.tmp $(RESULTS)/profile_step.txt
+	mv $(RESULTS)/.profile_1.tmp $(RESULTS)/profile_step_1core.txt
+	cat $(RESULTS)/train_throughput_$(NPROC)cores.jsonl $(RESULTS)/train_throughput_1core.jsonl \
+	    $(RESULTS)/profile_step.txt $(RESULTS)/profile_step_1core.txt
 
 footprint: setup data
 	$(BIN)/python benchmarks/notebook_footprint.py

@@ -57,8 +57,17 @@ def test_the_stored_benchmark_results_have_every_row_of_the_benchmark(cores):
     results = REPO / "benchmarks" / "results"
     rows, info = read_throughput(results / f"train_throughput_{cores}.jsonl")
     bench = load_script("benchmarks/train_throughput.py")
-    assert [(n, r["vs"], r["change"]) for n, r in rows.items()] == bench.ROWS, "re-run `make bench`"
+    optional = [bench.TORCH_ROW] if bench.TORCH_ROW[0] in rows else []  # run when torch is installed
+    expected = bench.ROWS + bench.FASTER_ROWS + optional
+    assert [(n, r["vs"], r["change"]) for n, r in rows.items()] == expected, "re-run `make bench`"
     assert all(len(r["rounds"]) == bench.ROUNDS for r in rows.values())
+    assert not info["busy"] and not info["quick"], "the stored results come from a full run on a quiet machine"
+    for r in rows.values():  # each gain is the median and range of the paired per-round ratios
+        if r["vs"] is not None:
+            ratios = [a / b for a, b in zip(r["rounds"], rows[r["vs"]]["rounds"], strict=True)]
+            assert r["gain_min"] == pytest.approx(min(ratios), rel=1e-3)
+            assert r["gain_median"] == pytest.approx(sorted(ratios)[len(ratios) // 2], rel=1e-3)
+            assert r["effect"] == bench.effect(r["gain_min"], r["gain_max"])
     assert info["ceiling_images_per_s"] == pytest.approx(info["matmul_gflops"] * 1e9 / step_matmul_flops(), rel=1e-3)
 
 

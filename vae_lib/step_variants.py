@@ -15,8 +15,15 @@ with :func:`vae_lib.training.step_inputs` and the key ``jax.random.fold_in(key, 
 * :func:`functional_step`: the same step on split state, a pure function of
   ``(params, opt_state)``; :data:`jax_jit_step` compiles it with ``jax.jit``, and
   :data:`jit_donate_step` also donates those buffers, so XLA updates them in place.
-* :func:`scan_epoch`: many steps in one program: the uint8 images on the device, batches
-  gathered there, the step repeated by ``jax.lax.scan``.
+* :data:`device_data_step`: :func:`jit_donate_step` with the uint8 images on the device: each
+  call gathers its own batch there (``images[order[i * B:(i + 1) * B]]``), so nothing but the
+  step index crosses from the host; still one call per step.
+* :func:`scan_steps`: the same steps in one program, repeated by ``jax.lax.scan``, each batch
+  gathered inside its step.
+* :func:`scan_epoch`: as :func:`scan_steps`, but all the epoch's batches gathered up front,
+  before the scan, and the scan runs over them.
+
+  The benchmark times these three as one row each (one change per row).
 * :func:`guarded_epoch`: the library's loop (:func:`vae_lib.training.train_epoch_fused`) with
   its two choices switchable, to measure each: the next batch drawn during the current step
   or not (``prefetch``), and no guard against a non-finite loss or ``jnp.where`` over every
@@ -40,6 +47,7 @@ __all__ = [
     "functional_step",
     "guarded_epoch",
     "jax_jit_step",
+    "device_data_step",
     "jit_donate_step",
     "nnx_jit_donate_step",
     "nnx_jit_step",
@@ -47,6 +55,7 @@ __all__ = [
     "nnx_jit_tree_step",
     "nnx_step",
     "scan_epoch",
+    "scan_steps",
 ]
 
 
@@ -80,9 +89,40 @@ jax_jit_step = jax.jit(functional_step, static_argnums=(0, 1))
 jit_donate_step = jax.jit(functional_step, static_argnums=(0, 1), donate_argnums=(2, 3))
 
 
+def _gathered_step(graphdef, tx, params, opt_state, images, order, key, i, batch_size: int):
+    """:func:`functional_step` on batch i, gathered from the images on the device."""
+    idx = jax.lax.dynamic_slice_in_dim(order, i * batch_size, batch_size)
+    return functional_step(graphdef, tx, params, opt_state, jnp.take(images, idx, axis=0), key, i)
+
+
+#: One step per call, its batch gathered on the device: ``(graphdef, tx, params, opt_state,
+#: images, order, key, i, batch_size)`` -> ``(params, opt_state, loss)``; params and
+#: opt_state donated. The batch is ``images[order[i * B:(i + 1) * B]]``.
+device_data_step = jax.jit(
+    _gathered_step, static_argnums=(0, 1), static_argnames=("batch_size",), donate_argnums=(2, 3)
+)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("batch_size",), donate_argnums=(2, 3))
+def scan_steps(graphdef, tx, params, opt_state, images, order, key, batch_size: int = 128):
+    """Steps 0..n-1 in one ``lax.scan``, step i gathering ``images[order[i * B:(i + 1) * B]]`` itself.
+
+    Returns ``(params, opt_state, losses)`` with one loss per step.
+    """
+    n_steps = order.shape[0] // batch_size
+
+    def body(carry, i):
+        params, opt_state = carry
+        params, opt_state, loss = _gathered_step(graphdef, tx, params, opt_state, images, order, key, i, batch_size)
+        return (params, opt_state), loss
+
+    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), jnp.arange(n_steps))
+    return params, opt_state, losses
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("batch_size",), donate_argnums=(2, 3))
 def scan_epoch(graphdef, tx, params, opt_state, images, order, key, batch_size: int = 128):
-    """Steps 0..n-1 in one program, step i on ``images[order[i * B:(i + 1) * B]]``.
+    """Steps 0..n-1 in one program, step i on ``images[order[i * B:(i + 1) * B]]``, all gathered first.
 
     Returns ``(params, opt_state, losses)`` with one loss per step.
     """
