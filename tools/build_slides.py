@@ -894,7 +894,7 @@ def write_index(decks: list[tuple[Path, str, dict]], out: Path) -> Path:
 
 # ------------------------------------------------------------------ handouts
 PDF_TIMEOUT_S = 180
-PDF_TRIES = 3
+PDF_TRIES = 4
 
 
 def find_chromium() -> str | None:
@@ -910,6 +910,32 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 def pdf_pages(pdf: Path) -> int:
     """The number of pages of a PDF Chromium wrote (its page objects are not compressed)."""
     return len(re.findall(rb"/Type\s*/Page[^s]", pdf.read_bytes()))
+
+
+def _print_command(chromium: str, profile: str, pdf: Path, port: int, deck: Path) -> list[str]:
+    """Headless Chromium printing `deck`'s print view to `pdf`, with its own profile and no host but 127.0.0.1."""
+    return [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        f"--user-data-dir={profile}",
+        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+        "--proxy-server=http://127.0.0.1:9",
+        "--proxy-bypass-list=127.0.0.1",
+        "--run-all-compositor-stages-before-draw",
+        "--virtual-time-budget=60000",
+        "--no-pdf-header-footer",
+        f"--print-to-pdf={pdf}",
+        f"http://127.0.0.1:{port}/{deck.name}?print-pdf",
+    ]
+
+
+_RUN = {"capture_output": True, "text": True, "timeout": PDF_TIMEOUT_S}
 
 
 def write_pdfs(decks: list[Path], out: Path, slides: list[int] | None = None) -> list[Path]:
@@ -928,41 +954,22 @@ def write_pdfs(decks: list[Path], out: Path, slides: list[int] | None = None) ->
     made = []
     try:
         for deck in decks:
-            # a fresh Chromium profile per deck: with one shared profile, a deck printed after another could come
-            # out as one blank page on every try (seen with 03b after 03)
-            with tempfile.TemporaryDirectory() as profile:
-                pdf = deck.with_name(deck.name.replace(".slides.html", ".pdf"))
-                pdf.unlink(missing_ok=True)
-                command = [
-                    chromium,
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-dev-shm-usage",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    f"--user-data-dir={profile}",
-                    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-                    "--proxy-server=http://127.0.0.1:9",
-                    "--proxy-bypass-list=127.0.0.1",
-                    "--run-all-compositor-stages-before-draw",
-                    "--virtual-time-budget=60000",
-                    "--no-pdf-header-footer",
-                    f"--print-to-pdf={pdf}",
-                    f"http://127.0.0.1:{port}/{deck.name}?print-pdf",
-                ]
-                want = slides[decks.index(deck)] if slides else None
-                for _ in range(PDF_TRIES):
-                    result = subprocess.run(command, capture_output=True, text=True, timeout=PDF_TIMEOUT_S)
-                    if result.returncode == 0 and pdf.is_file() and want in (None, pdf_pages(pdf)):
-                        break
-                if result.returncode != 0 or not pdf.is_file():
-                    print(f"{nc.shown(deck)}: Chromium printed no PDF: {result.stderr.strip()[-300:]}")
-                    continue
-                made.append(pdf)
-                pages = pdf_pages(pdf)
-                print(f"{nc.shown(pdf)}: {pages} pages" + ("" if want in (None, pages) else f" for {want} slides"))
+            pdf = deck.with_name(deck.name.replace(".slides.html", ".pdf"))
+            pdf.unlink(missing_ok=True)
+            want = slides[decks.index(deck)] if slides else None
+            for _ in range(PDF_TRIES):
+                # a fresh Chromium profile for every try: with one profile per deck, all of a deck's tries could print
+                # one blank page (seen with 03b after 03, 07 after 06b, 07b after 07); fresh ones make tries independent
+                with tempfile.TemporaryDirectory() as profile:
+                    result = subprocess.run(_print_command(chromium, profile, pdf, port, deck), **_RUN)
+                if result.returncode == 0 and pdf.is_file() and want in (None, pdf_pages(pdf)):
+                    break
+            if result.returncode != 0 or not pdf.is_file():
+                print(f"{nc.shown(deck)}: Chromium printed no PDF: {result.stderr.strip()[-300:]}")
+                continue
+            made.append(pdf)
+            pages = pdf_pages(pdf)
+            print(f"{nc.shown(pdf)}: {pages} pages" + ("" if want in (None, pages) else f" for {want} slides"))
     finally:
         server.shutdown()
         server.server_close()
