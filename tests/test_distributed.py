@@ -44,7 +44,11 @@ class Launcher:
         )
         self.lines: queue.Queue = queue.Queue()
         self.seen: list[str] = []
+        self.errors: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
+        # stderr is drained as it comes too: a full pipe would block the launcher before it can exit
+        self._err_reader = threading.Thread(target=lambda: self.errors.extend(self.process.stderr), daemon=True)
+        self._err_reader.start()
 
     def _read(self):
         for line in self.process.stdout:
@@ -70,7 +74,8 @@ class Launcher:
     def finish(self, timeout: float) -> tuple[int, str, str]:
         """Wait for the launcher to end: (status, everything it printed, its error output)."""
         status = self.process.wait(timeout=timeout)
-        err = self.process.stderr.read()
+        self._err_reader.join(timeout=10)
+        err = "".join(self.errors)
         time.sleep(0.2)  # let the reader thread drain stdout
         while not self.lines.empty():
             self.seen.append(self.lines.get())
