@@ -30,12 +30,20 @@ from vae_lib.cli import launch
 REPO = Path(__file__).resolve().parents[1]
 
 
+# ``python -m vae_lib.cli.launch``, with Ctrl-C (SIGINT) handled as in a terminal's foreground job even when the tests
+# run in a background job of a non-interactive shell, which starts every command with SIGINT ignored.
+_LAUNCH_WITH_CTRL_C = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('vae_lib.cli.launch', run_name='__main__', alter_sys=True)"
+)
+
+
 class Launcher:
     """``python -m vae_lib.cli.launch ARGS`` in its own session, its output read line by line."""
 
     def __init__(self, *args: str):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "vae_lib.cli.launch", *args],
+            [sys.executable, "-c", _LAUNCH_WITH_CTRL_C, *args],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
