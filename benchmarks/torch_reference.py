@@ -34,7 +34,7 @@ def import_torch():
 
 
 class TorchStep:
-    """One PyTorch model and optimizer; :meth:`run` trains on given batches and returns images/s."""
+    """One PyTorch model and optimizer; :meth:`run` trains on given batches (the caller times it)."""
 
     def __init__(self, images: np.ndarray, seed: int = 0, learning_rate: float = 1e-3, hidden: int = 400, latent=20):
         torch = import_torch()
@@ -71,4 +71,3 @@ class TorchStep:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-        self.last_loss = float(loss.detach())
